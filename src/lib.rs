@@ -1,0 +1,17 @@
+//! tuwen (图文): Chinese image–text retrieval with Chinese-CLIP, natively and in the browser.
+//!
+//! The modules follow the data path: [`tokenize`] / [`preprocess`] → [`model`] → [`embed`].
+//! [`weights`] reads and writes models in the Hugging Face layout; `web` is the wasm-bindgen shell.
+
+pub mod config;
+pub mod embed;
+pub mod model;
+pub mod preprocess;
+pub mod tokenize;
+pub mod weights;
+
+#[cfg(target_arch = "wasm32")]
+pub mod web;
+
+pub use embed::{Encoder, ModelInfo};
+pub use model::Towers;

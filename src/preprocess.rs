@@ -1,0 +1,128 @@
+//! Image → pixel tensor exactly as the released `ChineseCLIPImageProcessor` is configured:
+//! decode, convert to RGB, resize to `size×size` bicubic **without cropping**, rescale to [0, 1],
+//! normalise with the CLIP mean/std, channels first.
+//!
+//! Colour conversion follows HF `convert_to_rgb`: images with an alpha channel (RGBA, LA, palette with
+//! transparency) are composited over white; grayscale is replicated; CMYK and 16-bit are converted by the
+//! decoder. EXIF orientation is not applied, as in the reference processor.
+
+use crate::config::PreprocessConfig;
+use anyhow::{anyhow, bail, Result};
+use image::imageops::FilterType;
+use image::{DynamicImage, RgbImage};
+
+/// A decoded image larger than this in either side is refused (decompression bombs, OOM in the browser).
+pub const MAX_SIDE: u32 = 16_384;
+
+/// One preprocessed image: `3 × size × size` floats, channel-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pixels {
+    pub size: usize,
+    pub data: Vec<f32>,
+}
+
+/// Decodes image bytes (any format the `image` crate reads). `name` is used in error messages.
+pub fn decode(bytes: &[u8], name: &str) -> Result<DynamicImage> {
+    if bytes.is_empty() {
+        bail!("{name}: the file is empty (0 bytes)");
+    }
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| anyhow!("{name}: cannot read: {e}"))?;
+    if reader.format().is_none() {
+        bail!("{name}: not an image (unrecognised format; JPEG, PNG, WebP, GIF, BMP and TIFF are supported)");
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    let mut reader = reader;
+    reader.limits(limits);
+    reader.decode().map_err(|e| anyhow!("{name}: cannot decode image: {e}"))
+}
+
+/// Converts to 8-bit RGB, compositing any alpha channel over white.
+pub fn to_rgb(image: &DynamicImage) -> RgbImage {
+    if !image.color().has_alpha() {
+        return image.to_rgb8();
+    }
+    let rgba = image.to_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut rgb = RgbImage::new(w, h);
+    for (dst, src) in rgb.pixels_mut().zip(rgba.pixels()) {
+        let a = src[3] as u32;
+        for c in 0..3 {
+            // PIL's alpha_composite rounds (x·a + 255·(255 − a)) / 255 to nearest.
+            dst[c] = ((src[c] as u32 * a + 255 * (255 - a) + 127) / 255) as u8;
+        }
+    }
+    rgb
+}
+
+/// Resizes (no crop) and normalises an RGB image into the model's input tensor.
+pub fn normalize(rgb: &RgbImage, config: &PreprocessConfig) -> Pixels {
+    let size = config.image_size;
+    let resized = image::imageops::resize(rgb, size as u32, size as u32, FilterType::CatmullRom);
+    let plane = size * size;
+    let mut data = vec![0f32; 3 * plane];
+    for (i, px) in resized.pixels().enumerate() {
+        for c in 0..3 {
+            data[c * plane + i] = (px[c] as f32 / 255.0 - config.image_mean[c]) / config.image_std[c];
+        }
+    }
+    Pixels { size, data }
+}
+
+/// Bytes of an image file → model input.
+pub fn preprocess(bytes: &[u8], name: &str, config: &PreprocessConfig) -> Result<Pixels> {
+    let image = decode(bytes, name)?;
+    Ok(normalize(&to_rgb(&image), config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, Rgba, RgbaImage};
+
+    fn png(image: DynamicImage) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn transparent_pixels_become_white() {
+        let mut img = RgbaImage::new(4, 4);
+        img.put_pixel(0, 0, Rgba([10, 20, 30, 0]));
+        img.put_pixel(1, 0, Rgba([10, 20, 30, 255]));
+        img.put_pixel(2, 0, Rgba([0, 0, 0, 128]));
+        let rgb = to_rgb(&DynamicImage::ImageRgba8(img));
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
+        assert_eq!(rgb.get_pixel(1, 0).0, [10, 20, 30]);
+        assert_eq!(rgb.get_pixel(2, 0).0, [127, 127, 127]);
+    }
+
+    #[test]
+    fn output_is_square_channel_major_and_normalised() {
+        let config = PreprocessConfig::for_vision(&Default::default());
+        let gray = DynamicImage::ImageLuma8(GrayImage::from_pixel(37, 300, image::Luma([255])));
+        let px = preprocess(&png(gray), "white.png", &config).unwrap();
+        assert_eq!(px.data.len(), 3 * 224 * 224);
+        for c in 0..3 {
+            let expected = (1.0 - config.image_mean[c]) / config.image_std[c];
+            assert!((px.data[c * 224 * 224 + 5] - expected).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn bad_bytes_name_the_file() {
+        let config = PreprocessConfig::for_vision(&Default::default());
+        let err = preprocess(&[], "a.jpg", &config).unwrap_err().to_string();
+        assert!(err.contains("a.jpg") && err.contains("empty"), "{err}");
+        let err = preprocess(b"hello world, not an image", "b.jpg", &config).unwrap_err().to_string();
+        assert!(err.contains("b.jpg") && err.contains("not an image"), "{err}");
+        let mut bytes = png(DynamicImage::ImageLuma8(GrayImage::new(64, 64)));
+        bytes.truncate(bytes.len() / 2);
+        let err = preprocess(&bytes, "c.png", &config).unwrap_err().to_string();
+        assert!(err.contains("c.png") && err.contains("cannot decode"), "{err}");
+    }
+}
