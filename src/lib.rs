@@ -5,6 +5,8 @@
 
 pub mod config;
 pub mod embed;
+#[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
+pub mod fetch;
 pub mod model;
 pub mod preprocess;
 pub mod tokenize;

@@ -32,12 +32,26 @@ pub fn decode(bytes: &[u8], name: &str) -> Result<DynamicImage> {
     if reader.format().is_none() {
         bail!("{name}: not an image (unrecognised format; JPEG, PNG, WebP, GIF, BMP and TIFF are supported)");
     }
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_scan_complete(bytes) {
+        // The decoder would fill the missing rows with grey; PIL refuses such files too.
+        bail!("{name}: cannot decode image: truncated JPEG (the last scan has no end-of-image marker)");
+    }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     let mut reader = reader;
     reader.limits(limits);
     reader.decode().map_err(|e| anyhow!("{name}: cannot decode image: {e}"))
+}
+
+/// True when an end-of-image marker (FF D9) follows the last start-of-scan (FF DA). Entropy-coded data
+/// never contains FF D9 (0xFF bytes are stuffed), and EXIF thumbnails come before the main scans.
+fn jpeg_scan_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_scan {
+        Some(at) => bytes[at..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
 }
 
 /// Converts to 8-bit RGB, compositing any alpha channel over white.

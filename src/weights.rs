@@ -142,7 +142,8 @@ pub fn write_random_model(config_path: &Path, vocab_path: &Path, out: &Path, see
     }
     let tensors = random_checkpoint(&config, seed)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::copy(config_path, out.join(CONFIG_FILE)).with_context(|| format!("writing {}", out.display()))?;
+    let config_json = std::fs::read(config_path).with_context(|| format!("reading {}", config_path.display()))?;
+    std::fs::write(out.join(CONFIG_FILE), config_json).with_context(|| format!("writing {}", out.display()))?;
     std::fs::write(out.join(VOCAB_FILE), vocab).with_context(|| format!("writing {}", out.display()))?;
     let preprocessor = serde_json::json!({
         "do_center_crop": false, "do_convert_rgb": true, "do_normalize": true, "do_rescale": true,
