@@ -78,3 +78,32 @@ fn single_tower_loads_and_refuses_the_other() {
     assert!(vision.embed_image_file(&fixtures().join("images/rgb.png")).is_ok());
     assert!(format!("{:#}", vision.embed_text("猫").unwrap_err()).contains("without its text tower"));
 }
+
+/// Writes (with TUWEN_UPDATE_FIXTURES=1) or checks tests/fixtures/tiny/native.json, the native
+/// embeddings the wasm test in tests/web.rs must reproduce in the browser.
+#[test]
+fn native_fixture_for_the_wasm_test_is_current() {
+    let encoder = Encoder::from_dir(&tiny_model(), Towers::Both).unwrap();
+    let texts = ["", "一只猫坐在窗台上晒太阳", "iPhone 15 Pro 发布会 2023年9月13日", "《绿色北京》摄影大赛胡子<人名>作品"];
+    let images = ["rgb.jpg", "rgba.png", "gray.png", "palette.gif", "rgb.webp"];
+    let current = serde_json::json!({
+        "texts": texts.iter().map(|t| (t.to_string(), encoder.embed_text(t).unwrap())).collect::<Vec<_>>(),
+        "images": images.iter().map(|f| (f.to_string(), encoder.embed_image_file(&fixtures().join("images").join(f)).unwrap())).collect::<Vec<_>>(),
+    });
+    let path = tiny_model().join("native.json");
+    if std::env::var_os("TUWEN_UPDATE_FIXTURES").is_some() {
+        std::fs::write(&path, serde_json::to_string(&current).unwrap()).unwrap();
+    }
+    let stored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let flat = |v: &serde_json::Value| -> Vec<f32> {
+        let mut out = Vec::new();
+        for kind in ["texts", "images"] {
+            for pair in v[kind].as_array().unwrap() {
+                out.extend(pair[1].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32));
+            }
+        }
+        out
+    };
+    let d = max_abs_diff(&flat(&current), &flat(&stored));
+    assert!(d <= 1e-6, "{} is stale (max |Δ| {d:e}): rerun with TUWEN_UPDATE_FIXTURES=1", path.display());
+}

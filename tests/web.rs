@@ -1,0 +1,61 @@
+//! wasm32 in headless Chromium (wasm-bindgen-test): the tiny fixture loaded from bytes gives the
+//! embeddings the native build gives (tests/fixtures/tiny/native.json, kept current by tests/parity.rs).
+#![cfg(target_arch = "wasm32")]
+
+use serde::Deserialize;
+use tuwen::web::WasmEncoder;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const CONFIG: &[u8] = include_bytes!("fixtures/tiny/config.json");
+const VOCAB: &[u8] = include_bytes!("fixtures/tiny/vocab.txt");
+const WEIGHTS: &[u8] = include_bytes!("fixtures/tiny/model.safetensors");
+const NATIVE: &str = include_str!("fixtures/tiny/native.json");
+
+#[derive(Deserialize)]
+struct Native {
+    texts: Vec<(String, Vec<f32>)>,
+    images: Vec<(String, Vec<f32>)>,
+}
+
+fn image_bytes(name: &str) -> &'static [u8] {
+    match name {
+        "rgb.jpg" => include_bytes!("fixtures/images/rgb.jpg"),
+        "rgba.png" => include_bytes!("fixtures/images/rgba.png"),
+        "gray.png" => include_bytes!("fixtures/images/gray.png"),
+        "palette.gif" => include_bytes!("fixtures/images/palette.gif"),
+        "rgb.webp" => include_bytes!("fixtures/images/rgb.webp"),
+        other => panic!("no embedded fixture image {other}"),
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[wasm_bindgen_test]
+fn wasm_embeddings_equal_native() {
+    let native: Native = serde_json::from_str(NATIVE).unwrap();
+    let encoder = WasmEncoder::new(CONFIG, VOCAB, WEIGHTS.to_vec(), "both").map_err(|_| "load failed").unwrap();
+    for (text, expected) in &native.texts {
+        let ours = encoder.embed_text(text).map_err(|_| "embed_text failed").unwrap();
+        let d = max_abs_diff(&ours, expected);
+        assert!(d <= 1e-5, "text {text:?}: wasm vs native max |Δ| = {d:e}");
+    }
+    for (name, expected) in &native.images {
+        let ours = encoder.embed_image(image_bytes(name), name).map_err(|_| "embed_image failed").unwrap();
+        let d = max_abs_diff(&ours, expected);
+        assert!(d <= 1e-5, "image {name}: wasm vs native max |Δ| = {d:e}");
+    }
+}
+
+#[wasm_bindgen_test]
+fn wasm_reports_bad_input_as_errors() {
+    assert!(WasmEncoder::new(b"{", VOCAB, WEIGHTS.to_vec(), "both").is_err());
+    assert!(WasmEncoder::new(CONFIG, VOCAB, WEIGHTS[..100].to_vec(), "text").is_err());
+    let encoder = WasmEncoder::new(CONFIG, VOCAB, WEIGHTS.to_vec(), "vision").map_err(|_| "load").unwrap();
+    assert!(encoder.embed_image(b"not an image", "x.jpg").is_err());
+    assert!(encoder.embed_text("文本").is_err(), "the text tower was not loaded");
+}
