@@ -30,6 +30,9 @@ pub struct Encoder {
     tokenizer: Option<TextTokenizer>,
     preprocess: PreprocessConfig,
     pub info: ModelInfo,
+    /// Where the weights came from, for the fingerprint (hashed on first use: it reads the whole file).
+    weights_file: Option<std::path::PathBuf>,
+    fingerprint: std::sync::OnceLock<String>,
 }
 
 impl Encoder {
@@ -46,7 +49,14 @@ impl Encoder {
             random_weights: model_dir.random_weights(),
             projection_dim: model_dir.config.projection_dim,
         };
-        Ok(Self { model, tokenizer, preprocess: model_dir.preprocess, info })
+        Ok(Self {
+            model,
+            tokenizer,
+            preprocess: model_dir.preprocess,
+            info,
+            weights_file: Some(model_dir.weights.clone()),
+            fingerprint: Default::default(),
+        })
     }
 
     /// Loads from in-memory files (the browser): `config.json`, `vocab.txt` and `model.safetensors`.
@@ -58,13 +68,31 @@ impl Encoder {
         let random_weights = safetensors::SafeTensors::read_metadata(&safetensors)
             .ok()
             .and_then(|(_, m)| m.metadata().as_ref()?.get(crate::model::random::RANDOM_WEIGHTS_KEY).cloned());
+        let fingerprint = std::sync::OnceLock::from(crate::weights::fingerprint_bytes(&safetensors));
         let device = Device::Cpu;
         let vb = VarBuilder::from_buffered_safetensors(safetensors, candle_core::DType::F32, &device)
             .context("model.safetensors: not a readable checkpoint")?;
         let model = ChineseClip::load(&vb, &config, towers).context("loading weights from model.safetensors")?;
         let info = ModelInfo { source: "bytes".into(), random_weights, projection_dim: config.projection_dim };
         let preprocess = PreprocessConfig::for_vision(&config.vision_config);
-        Ok(Self { model, tokenizer: towers.text().then_some(tokenizer), preprocess, info })
+        Ok(Self { model, tokenizer: towers.text().then_some(tokenizer), preprocess, info, weights_file: None, fingerprint })
+    }
+
+    /// Identifies the model for bundles: its weights' fingerprint and the dtype it runs in.
+    pub fn stamp(&self) -> Result<crate::bundle::ModelStamp> {
+        let fingerprint = match (self.fingerprint.get(), &self.weights_file) {
+            (Some(f), _) => f.clone(),
+            (None, Some(path)) => {
+                let f = crate::weights::fingerprint_file(path)?;
+                self.fingerprint.get_or_init(|| f).clone()
+            }
+            (None, None) => bail!("the model's fingerprint is unknown"),
+        };
+        Ok(crate::bundle::ModelStamp {
+            fingerprint,
+            dtype: "f32".into(),
+            random_weights: self.info.random_weights.clone(),
+        })
     }
 
     pub fn preprocess_config(&self) -> &PreprocessConfig {

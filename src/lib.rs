@@ -3,13 +3,21 @@
 //! The modules follow the data path: [`tokenize`] / [`preprocess`] → [`model`] → [`embed`].
 //! [`weights`] reads and writes models in the Hugging Face layout; `web` is the wasm-bindgen shell.
 
+pub mod bundle;
 pub mod config;
 pub mod embed;
 #[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
 pub mod fetch;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod index;
 pub mod model;
 pub mod preprocess;
+pub mod search;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod tasks;
+pub mod teddy;
 pub mod tokenize;
+pub mod util;
 pub mod weights;
 
 #[cfg(target_arch = "wasm32")]

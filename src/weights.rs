@@ -164,3 +164,25 @@ pub fn write_random_model(config_path: &Path, vocab_path: &Path, out: &Path, see
     std::fs::rename(&tmp, out.join(SAFETENSORS_FILE))?;
     Ok(())
 }
+
+/// `sha256:<hex>` of a weights file, streamed.
+pub fn fingerprint_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{}", crate::bundle::hex(&hasher.finalize())))
+}
+
+/// `sha256:<hex>` of weights held in memory (the same value `fingerprint_file` gives for the file).
+pub fn fingerprint_bytes(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", crate::bundle::hex(&Sha256::digest(bytes)))
+}

@@ -40,6 +40,78 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Embed a gallery into a bundle (resumable: rerun the same command after an interruption).
+    Index {
+        #[command(subcommand)]
+        what: IndexCommand,
+    },
+    /// Search a bundle with a text or an image: one line per hit, rank<TAB>id<TAB>score<TAB>caption.
+    Search {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long, conflicts_with = "image", required_unless_present = "image")]
+        text: Option<String>,
+        #[arg(long)]
+        image: Option<PathBuf>,
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+    },
+    /// Teddy Cup task 1 (text → image): write result1.csv.
+    Task1 {
+        #[arg(long)]
+        model: PathBuf,
+        /// word_test.csv (text_id, caption).
+        #[arg(long)]
+        texts: PathBuf,
+        /// image_data.csv (image_id): the gallery, files in --images.
+        #[arg(long)]
+        image_list: Option<PathBuf>,
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Reuse an image bundle made by `tuwen index images` instead of embedding the gallery.
+        #[arg(long)]
+        image_bundle: Option<PathBuf>,
+        #[arg(long, default_value = "result1.csv")]
+        out: PathBuf,
+        #[command(flatten)]
+        job: JobArgs,
+    },
+    /// Teddy Cup task 2 (image → text): write result2.csv.
+    Task2 {
+        #[arg(long)]
+        model: PathBuf,
+        /// image_test.csv (image_id): the query images, files in --images.
+        #[arg(long)]
+        image_list: PathBuf,
+        #[arg(long)]
+        images: PathBuf,
+        /// word_data.csv (text_id, caption): the texts to retrieve.
+        #[arg(long)]
+        texts: Option<PathBuf>,
+        /// Reuse a text bundle made by `tuwen index texts`.
+        #[arg(long)]
+        text_bundle: Option<PathBuf>,
+        #[arg(long, default_value = "result2.csv")]
+        out: PathBuf,
+        #[command(flatten)]
+        job: JobArgs,
+    },
+    /// Recall@1/5/10 both ways over image_id,caption pairs (e.g. ImageWordData.csv).
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        pairs: PathBuf,
+        #[arg(long)]
+        images: PathBuf,
+        /// Also write {"text_to_image":{…},"image_to_text":{…},"mean_recall":…,"n":…} here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[command(flatten)]
+        job: JobArgs,
+    },
     /// Download the released model (honours HF_ENDPOINT, e.g. https://hf-mirror.com).
     FetchModel {
         #[arg(long, default_value = tuwen::fetch::DEFAULT_REPO)]
@@ -47,6 +119,86 @@ enum Command {
         #[arg(long, default_value = "models/chinese-clip-vit-base-patch16")]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Images of a folder (all of them, or those listed in a CSV's image_id column).
+    Images {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        images: PathBuf,
+        /// A CSV with an image_id column (e.g. image_data.csv).
+        #[arg(long)]
+        list: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        opts: IndexArgs,
+    },
+    /// Texts of a CSV (id column and caption).
+    Texts {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        csv: PathBuf,
+        /// The id column: text_id (word_data.csv) or image_id (ImageWordData.csv).
+        #[arg(long, default_value = "text_id")]
+        id_column: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        opts: IndexArgs,
+    },
+    /// Join the bundles of a `--shard i/n` run into one.
+    Merge {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct IndexArgs {
+    /// f16 (default) or int8 (per-row scale, half the size).
+    #[arg(long, default_value = "f16")]
+    storage: tuwen::bundle::Storage,
+    /// Embed only slice i of n (0-based), to spread a large run over machines; then `index merge`.
+    #[arg(long)]
+    shard: Option<tuwen::index::Shard>,
+}
+
+#[derive(clap::Args)]
+struct JobArgs {
+    /// Folder for intermediate bundles (a killed run resumes from it) [default: <out>.work].
+    #[arg(long)]
+    work: Option<PathBuf>,
+    #[arg(long, default_value = "f16")]
+    storage: tuwen::bundle::Storage,
+    /// Re-rank with all queries: none or dual-softmax.
+    #[arg(long, default_value = "none")]
+    rerank: tuwen::search::Rerank,
+}
+
+impl JobArgs {
+    fn options(self, out: &std::path::Path) -> tuwen::tasks::JobOptions {
+        tuwen::tasks::JobOptions {
+            work: self.work.unwrap_or_else(|| tuwen::tasks::work_beside(out)),
+            storage: self.storage,
+            rerank: self.rerank,
+            progress: true,
+        }
+    }
+}
+
+fn load(model: &std::path::Path, towers: Towers) -> Result<Encoder> {
+    let encoder = Encoder::from_dir(model, towers)?;
+    if let Some(how) = &encoder.info.random_weights {
+        eprintln!("WARNING: {} has RANDOM weights ({how}); its embeddings carry no meaning", model.display());
+    }
+    Ok(encoder)
 }
 
 fn main() {
@@ -69,6 +221,34 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             eprintln!("wrote a RANDOM-WEIGHT model to {} (seed {seed}): its embeddings carry no meaning", out.display());
             Ok(())
         }
+        Command::Index { what } => index(what),
+        Command::Search { model, bundle, text, image, k } => search(&model, &bundle, text, image, k),
+        Command::Task1 { model, texts, image_list, images, image_bundle, out, job } => {
+            let encoder = load(&model, if image_bundle.is_some() { Towers::Text } else { Towers::Both })?;
+            let opts = job.options(&out);
+            let n = tuwen::tasks::task1(
+                &encoder, &texts, image_list.as_deref(), images.as_deref(), image_bundle.as_deref(), &out, &opts,
+            )?;
+            eprintln!("wrote {} ({n} texts × {} images each)", out.display(), tuwen::teddy::RESULTS_PER_QUERY);
+            Ok(())
+        }
+        Command::Task2 { model, image_list, images, texts, text_bundle, out, job } => {
+            let encoder = load(&model, if text_bundle.is_some() { Towers::Vision } else { Towers::Both })?;
+            let opts = job.options(&out);
+            let n = tuwen::tasks::task2(&encoder, &image_list, &images, texts.as_deref(), text_bundle.as_deref(), &out, &opts)?;
+            eprintln!("wrote {} ({n} images × {} texts each)", out.display(), tuwen::teddy::RESULTS_PER_QUERY);
+            Ok(())
+        }
+        Command::Eval { model, pairs, images, json, job } => {
+            let encoder = load(&model, Towers::Both)?;
+            let opts = job.options(&PathBuf::from("tuwen-eval"));
+            let report = tuwen::tasks::eval(&encoder, &pairs, &images, &opts)?;
+            println!("{report}");
+            if let Some(path) = json {
+                tuwen::util::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+            }
+            Ok(())
+        }
         Command::FetchModel { repo, out } => {
             let dir = tuwen::fetch::fetch_model(&repo, &out)?;
             eprintln!("{repo} → {}", dir.display());
@@ -83,6 +263,64 @@ struct EmbeddingLine<'a> {
     kind: &'static str,
     input: &'a str,
     embedding: &'a [f32],
+}
+
+fn index(what: IndexCommand) -> Result<()> {
+    use tuwen::index::{IndexJob, Items};
+    let (model, items, out, opts) = match what {
+        IndexCommand::Merge { out, shards } => {
+            let n = tuwen::index::merge(&shards, &out)?;
+            eprintln!("merged {} shards into {} ({n} entries)", shards.len(), out.display());
+            return Ok(());
+        }
+        IndexCommand::Images { model, images, list, out, opts } => {
+            let ids = match &list {
+                Some(list) => tuwen::teddy::read_image_list(list, &images)?,
+                None => tuwen::teddy::list_images(&images)?,
+            };
+            (model, Items::Images { dir: images, ids }, out, opts)
+        }
+        IndexCommand::Texts { model, csv, id_column, out, opts } => {
+            let (ids, captions) = tuwen::teddy::read_captions(&csv, &id_column)?.into_iter().unzip();
+            (model, Items::Texts { ids, captions }, out, opts)
+        }
+    };
+    let towers = if matches!(items, Items::Images { .. }) { Towers::Vision } else { Towers::Text };
+    let encoder = load(&model, towers)?;
+    let report = IndexJob { encoder: &encoder, items, out, storage: opts.storage, shard: opts.shard, progress: true }.run()?;
+    eprintln!("{report}");
+    Ok(())
+}
+
+fn search(model: &std::path::Path, bundle: &std::path::Path, text: Option<String>, image: Option<PathBuf>, k: usize) -> Result<()> {
+    let start = std::time::Instant::now();
+    let gallery = tuwen::bundle::Bundle::open(bundle)?;
+    let encoder = load(model, if text.is_some() { Towers::Text } else { Towers::Vision })?;
+    tuwen::index::require_model(&gallery, &encoder, &bundle.display().to_string())?;
+    let loaded = start.elapsed();
+    let query = match (&text, &image) {
+        (Some(t), _) => encoder.embed_text(t)?,
+        (None, Some(p)) => encoder.embed_image_file(p)?,
+        (None, None) => bail!("give --text or --image"),
+    };
+    let encoded = start.elapsed();
+    let hits = tuwen::search::top_k(&gallery.rows(), gallery.dim(), &query, k)?;
+    let searched = start.elapsed();
+    let mut stdout = std::io::stdout().lock();
+    for (rank, hit) in hits.iter().enumerate() {
+        let caption = gallery.captions.as_ref().map_or("", |c| c[hit.index].as_str());
+        // Keep one line per hit even for multi-line captions.
+        let caption = caption.replace(['\t', '\n', '\r'], " ");
+        writeln!(stdout, "{}\t{}\t{:.6}\t{caption}", rank + 1, gallery.ids[hit.index], hit.score)?;
+    }
+    eprintln!(
+        "load {:.0} ms, encode {:.1} ms, search {:.2} ms over {} entries",
+        loaded.as_secs_f64() * 1e3,
+        (encoded - loaded).as_secs_f64() * 1e3,
+        (searched - encoded).as_secs_f64() * 1e3,
+        gallery.len()
+    );
+    Ok(())
 }
 
 enum Input {
@@ -106,10 +344,7 @@ fn embed(model: &PathBuf, texts: Vec<String>, images: Vec<PathBuf>, matches: &Ar
     inputs.extend(indices("image").into_iter().zip(images).map(|(i, p)| (i, Input::Image(p))));
     inputs.sort_by_key(|(i, _)| *i);
 
-    let encoder = Encoder::from_dir(model, towers)?;
-    if let Some(how) = &encoder.info.random_weights {
-        eprintln!("WARNING: {} has RANDOM weights ({how}); its embeddings carry no meaning", model.display());
-    }
+    let encoder = load(model, towers)?;
     let mut stdout = std::io::stdout().lock();
     for (_, input) in inputs {
         let (kind, shown, embedding) = match input {

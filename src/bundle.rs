@@ -1,0 +1,355 @@
+//! Embedding bundles: a gallery's ids, optional captions and L2-normalised embeddings in one
+//! safetensors file (format in docs/bundle.md), memory-mapped natively and read from bytes in wasm.
+
+use anyhow::{anyhow, bail, Context, Result};
+use half::f16;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::Path;
+
+pub const FORMAT: &str = "tuwen.bundle";
+pub const VERSION: u32 = 1;
+
+/// What the gallery holds: images (embedded by the vision tower) or texts (by the text tower).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Image,
+    Text,
+}
+
+/// How embeddings are stored: f16 (default), or int8 with one f32 scale per row (half the size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    #[default]
+    F16,
+    Int8,
+}
+
+impl std::str::FromStr for Storage {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f16" => Ok(Self::F16),
+            "int8" => Ok(Self::Int8),
+            other => bail!("unknown storage {other:?} (expected f16 or int8)"),
+        }
+    }
+}
+
+/// The model that made a bundle: queries must come from the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelStamp {
+    /// `sha256:<hex>` of the model's weights (see `weights::fingerprint`).
+    pub fingerprint: String,
+    /// The weights' dtype as run (f32 for HF checkpoints).
+    pub dtype: String,
+    /// Set when the weights are random: searches over this bundle are meaningless.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random_weights: Option<String>,
+}
+
+/// Everything in a bundle's header besides the tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub version: u32,
+    pub kind: Kind,
+    pub storage: Storage,
+    pub count: usize,
+    pub dim: usize,
+    pub model: ModelStamp,
+    /// `Some((i, n))` for shard i of n made by `tuwen index --shard i/n`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<(usize, usize)>,
+    /// sha256 of the full input list, so shards of different lists never merge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+enum Bytes {
+    #[cfg(not(target_arch = "wasm32"))]
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// A loaded bundle. Embedding rows are borrowed from the file (no copy when memory-mapped).
+pub struct Bundle {
+    pub header: Header,
+    pub ids: Vec<String>,
+    pub captions: Option<Vec<String>>,
+    bytes: Bytes,
+    /// Byte ranges of the embedding matrix and (int8) the row scales.
+    values: std::ops::Range<usize>,
+    scales: Option<std::ops::Range<usize>>,
+}
+
+/// Borrowed embedding rows in their stored form.
+pub enum Rows<'a> {
+    F16(&'a [f16]),
+    Int8 { values: &'a [i8], scales: &'a [f32] },
+}
+
+const META_HEADER: &str = "tuwen.header";
+const META_IDS: &str = "tuwen.ids";
+const META_CAPTIONS: &str = "tuwen.captions";
+const META_SHA256: &str = "tuwen.sha256";
+const META_FORMAT: &str = "format";
+
+fn integrity_hash(header_json: &str, ids_json: &str, captions_json: Option<&str>, tensors: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for part in [header_json.as_bytes(), ids_json.as_bytes(), captions_json.unwrap_or("").as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    for t in tensors {
+        h.update((t.len() as u64).to_le_bytes());
+        h.update(t);
+    }
+    hex(&h.finalize())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Stores one f32 row as int8 with a scale: `x ≈ scale · q`.
+fn quantize_row(row: &[f32], out: &mut Vec<i8>) -> f32 {
+    let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+    out.extend(row.iter().map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8));
+    scale
+}
+
+#[doc(hidden)]
+pub fn quantize_row_for_tests(row: &[f32], out: &mut Vec<i8>) -> f32 {
+    quantize_row(row, out)
+}
+
+/// A bundle in memory before it is written: rows are L2-normalised f32.
+pub struct NewBundle<'a> {
+    pub kind: Kind,
+    pub storage: Storage,
+    pub model: ModelStamp,
+    pub ids: &'a [String],
+    pub captions: Option<&'a [String]>,
+    pub rows: &'a [Vec<f32>],
+    pub shard: Option<(usize, usize)>,
+    pub source: Option<String>,
+}
+
+impl NewBundle<'_> {
+    /// The safetensors bytes of the bundle.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let count = self.ids.len();
+        if self.rows.len() != count {
+            bail!("{} ids but {} embeddings", count, self.rows.len());
+        }
+        if let Some(c) = self.captions {
+            if c.len() != count {
+                bail!("{} ids but {} captions", count, c.len());
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for id in self.ids {
+            if !seen.insert(id) {
+                bail!("duplicate id {id:?}");
+            }
+        }
+        let dim = self.rows.first().map_or(0, Vec::len);
+        if let Some(bad) = self.rows.iter().position(|r| r.len() != dim) {
+            bail!("embedding {} ({}) has {} values, expected {dim}", bad, self.ids[bad], self.rows[bad].len());
+        }
+        let header = Header {
+            version: VERSION,
+            kind: self.kind,
+            storage: self.storage,
+            count,
+            dim,
+            model: self.model.clone(),
+            shard: self.shard,
+            source: self.source.clone(),
+        };
+        let header_json = serde_json::to_string(&header)?;
+        let ids_json = serde_json::to_string(self.ids)?;
+        let captions_json = self.captions.map(serde_json::to_string).transpose()?;
+        let (values, values_dtype, scales): (Vec<u8>, _, Option<Vec<u8>>) = match self.storage {
+            Storage::F16 => {
+                let v: Vec<f16> = self.rows.iter().flatten().map(|x| f16::from_f32(*x)).collect();
+                (bytemuck::cast_slice(&v).to_vec(), safetensors::Dtype::F16, None)
+            }
+            Storage::Int8 => {
+                let mut q = Vec::with_capacity(count * dim);
+                let s: Vec<f32> = self.rows.iter().map(|r| quantize_row(r, &mut q)).collect();
+                (bytemuck::cast_slice(&q).to_vec(), safetensors::Dtype::I8, Some(bytemuck::cast_slice(&s).to_vec()))
+            }
+        };
+        let mut tensors: Vec<&[u8]> = vec![&values];
+        if let Some(s) = &scales {
+            tensors.push(s);
+        }
+        let sha = integrity_hash(&header_json, &ids_json, captions_json.as_deref(), &tensors);
+        let mut metadata = HashMap::from([
+            (META_FORMAT.to_string(), FORMAT.to_string()),
+            (META_HEADER.to_string(), header_json),
+            (META_IDS.to_string(), ids_json),
+            (META_SHA256.to_string(), sha),
+        ]);
+        if let Some(c) = captions_json {
+            metadata.insert(META_CAPTIONS.to_string(), c);
+        }
+        let mut views = vec![(
+            "embeddings".to_string(),
+            safetensors::tensor::TensorView::new(values_dtype, vec![count, dim], &values)?,
+        )];
+        if let Some(s) = &scales {
+            views.push(("scales".to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![count], s)?));
+        }
+        Ok(safetensors::serialize(views, Some(metadata))?)
+    }
+
+    /// Writes atomically (temporary file, then rename): a crash never leaves a half-written bundle.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_bytes().with_context(|| format!("building bundle {}", path.display()))?;
+        crate::util::write_atomic(path, &bytes)
+    }
+}
+
+impl Bundle {
+    /// Memory-maps and verifies a bundle file.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).with_context(|| format!("opening bundle {}", path.display()))?;
+        // SAFETY: mapped read-only; bundles are replaced by rename, never rewritten in place.
+        let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+        Self::parse(Bytes::Mapped(map)).with_context(|| format!("{}", path.display()))
+    }
+
+    /// Reads and verifies a bundle from bytes (the browser).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
+        Self::parse(Bytes::Owned(bytes))
+    }
+
+    fn parse(bytes: Bytes) -> Result<Self> {
+        let not_bundle = "not a tuwen bundle (expected a safetensors file written by `tuwen index`)";
+        if bytes.len() < 8 {
+            bail!("{not_bundle}: only {} bytes", bytes.len());
+        }
+        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| anyhow!("{not_bundle}, or truncated: {e}"))?;
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        if metadata.get(META_FORMAT).map(String::as_str) != Some(FORMAT) {
+            bail!("{not_bundle}: a safetensors file without the tuwen bundle marker");
+        }
+        let get = |k: &str| metadata.get(k).ok_or_else(|| anyhow!("bundle header lacks {k}"));
+        let header_json = get(META_HEADER)?;
+        let version: serde_json::Value = serde_json::from_str(header_json).context("bundle header is not JSON")?;
+        if version.get("version").and_then(|v| v.as_u64()) != Some(VERSION as u64) {
+            bail!("bundle format version {} is not supported (this tuwen reads version {VERSION})", version["version"]);
+        }
+        let header: Header = serde_json::from_value(version).context("bundle header")?;
+        let ids_json = get(META_IDS)?;
+        let captions_json = metadata.get(META_CAPTIONS);
+        let ids: Vec<String> = serde_json::from_str(ids_json).context("bundle ids")?;
+        let captions: Option<Vec<String>> = captions_json.map(|c| serde_json::from_str(c)).transpose().context("bundle captions")?;
+        let data_start = 8 + header_len;
+        let tensors = meta.tensors();
+        let range = |name: &str, dtype: safetensors::Dtype, shape: Vec<usize>| -> Result<std::ops::Range<usize>> {
+            let info = tensors.get(name).ok_or_else(|| anyhow!("bundle has no {name} tensor"))?;
+            if info.dtype != dtype || info.shape != shape {
+                bail!("bundle tensor {name} is {:?} {:?}, expected {dtype:?} {shape:?}", info.dtype, info.shape);
+            }
+            let (a, b) = info.data_offsets;
+            if data_start + b > bytes.len() {
+                bail!("bundle is truncated ({} bytes, {name} ends at {})", bytes.len(), data_start + b);
+            }
+            Ok(data_start + a..data_start + b)
+        };
+        let (n, d) = (header.count, header.dim);
+        let (values, scales) = match header.storage {
+            Storage::F16 => (range("embeddings", safetensors::Dtype::F16, vec![n, d])?, None),
+            Storage::Int8 => (
+                range("embeddings", safetensors::Dtype::I8, vec![n, d])?,
+                Some(range("scales", safetensors::Dtype::F32, vec![n])?),
+            ),
+        };
+        if ids.len() != n || captions.as_ref().is_some_and(|c| c.len() != n) {
+            bail!("bundle header says {n} entries but lists {} ids", ids.len());
+        }
+        let mut tensor_bytes = vec![&bytes[values.clone()]];
+        if let Some(s) = &scales {
+            tensor_bytes.push(&bytes[s.clone()]);
+        }
+        let sha = integrity_hash(header_json, ids_json, captions_json.map(String::as_str), &tensor_bytes);
+        if Some(&sha) != metadata.get(META_SHA256) {
+            bail!("bundle is corrupt: its checksum does not match its contents (modified or damaged)");
+        }
+        Ok(Self { header, ids, captions, bytes, values, scales })
+    }
+
+    pub fn len(&self) -> usize {
+        self.header.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.header.count == 0
+    }
+
+    pub fn dim(&self) -> usize {
+        self.header.dim
+    }
+
+    pub fn rows(&self) -> Rows<'_> {
+        let values = &self.bytes[self.values.clone()];
+        match &self.scales {
+            None => Rows::F16(bytemuck::try_cast_slice(values).expect("f16 data is 2-byte aligned (safetensors pads to 8)")),
+            Some(s) => Rows::Int8 {
+                values: bytemuck::cast_slice(values),
+                scales: bytemuck::try_cast_slice(&self.bytes[s.clone()]).expect("f32 data is aligned"),
+            },
+        }
+    }
+
+    /// Row `i` as f32.
+    pub fn row(&self, i: usize) -> Vec<f32> {
+        let d = self.dim();
+        match self.rows() {
+            Rows::F16(v) => v[i * d..(i + 1) * d].iter().map(|x| x.to_f32()).collect(),
+            Rows::Int8 { values, scales } => values[i * d..(i + 1) * d].iter().map(|q| *q as f32 * scales[i]).collect(),
+        }
+    }
+
+    /// Errors unless queries from `model` can be compared with this bundle.
+    pub fn check_model(&self, model: &ModelStamp, what: &str) -> Result<()> {
+        if self.header.model.fingerprint != model.fingerprint {
+            bail!(
+                "{what} was made with another model ({}, {}) than the one in use ({}, {}): re-index it with this model",
+                self.header.model.fingerprint,
+                self.header.model.dtype,
+                model.fingerprint,
+                model.dtype
+            );
+        }
+        Ok(())
+    }
+
+    pub fn check_kind(&self, kind: Kind, what: &str) -> Result<()> {
+        if self.header.kind != kind {
+            bail!("{what} holds {:?} embeddings, but {:?} embeddings are needed here", self.header.kind, kind);
+        }
+        Ok(())
+    }
+}

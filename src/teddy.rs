@@ -1,0 +1,198 @@
+//! The Teddy Cup 2024 B files: reading the competition CSVs (validated, with line numbers), writing
+//! `result1.csv` / `result2.csv` in the exact templates, and Recall@K.
+
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The `result1.csv` header (text → image).
+pub const RESULT1_HEADER: [&str; 3] = ["text_id", "similarity_ranking", "result_image_id"];
+/// The `result2.csv` header (image → text).
+pub const RESULT2_HEADER: [&str; 3] = ["image_id", "similarity_ranking", "result_text_id"];
+/// Results per query in both tasks.
+pub const RESULTS_PER_QUERY: usize = 5;
+
+/// One CSV record with the line it starts on (captions may span lines).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub line: u64,
+    pub fields: Vec<String>,
+}
+
+/// Reads `path` (UTF-8, optional BOM, LF or CRLF, quoted multi-line fields) and returns the named
+/// columns of every record. Column names match case-insensitively; errors name the file and line.
+pub fn read_columns(path: &Path, columns: &[&str]) -> Result<Vec<Row>> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    parse_columns(&bytes, columns).with_context(|| format!("{}", path.display()))
+}
+
+pub fn parse_columns(bytes: &[u8], columns: &[&str]) -> Result<Vec<Row>> {
+    let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
+    if std::str::from_utf8(bytes).is_err() {
+        bail!("not UTF-8 text (save the CSV as UTF-8)");
+    }
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
+    let header: Vec<String> = reader.headers().context("reading the header")?.iter().map(|h| h.trim().to_lowercase()).collect();
+    let index: Vec<usize> = columns
+        .iter()
+        .map(|c| {
+            header.iter().position(|h| h == c).with_context(|| {
+                format!("missing column {c:?} (the header has: {})", header.join(", "))
+            })
+        })
+        .collect::<Result<_>>()?;
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.context("malformed CSV")?;
+        let line = record.position().map_or(0, |p| p.line());
+        if record.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
+        let fields = index
+            .iter()
+            .zip(columns)
+            .map(|(&i, c)| {
+                record.get(i).map(|f| f.to_string()).with_context(|| format!("line {line}: no value for {c:?}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        rows.push(Row { line, fields });
+    }
+    Ok(rows)
+}
+
+/// Ids (first column) must be non-empty and unique.
+fn check_ids(rows: &[Row], column: &str) -> Result<()> {
+    let mut seen: HashMap<&str, u64> = HashMap::new();
+    for row in rows {
+        let id = row.fields[0].trim();
+        if id.is_empty() {
+            bail!("line {}: empty {column}", row.line);
+        }
+        if let Some(first) = seen.insert(id, row.line) {
+            bail!("line {}: duplicate {column} {id:?} (first on line {first})", row.line);
+        }
+    }
+    Ok(())
+}
+
+/// `(id, caption)` pairs from a CSV with columns `id_column` and `caption`.
+pub fn read_captions(path: &Path, id_column: &str) -> Result<Vec<(String, String)>> {
+    let rows = read_columns(path, &[id_column, "caption"])?;
+    check_ids(&rows, id_column).with_context(|| format!("{}", path.display()))?;
+    for row in &rows {
+        if row.fields[1].trim().is_empty() {
+            bail!("{}: line {}: empty caption for {:?}", path.display(), row.line, row.fields[0]);
+        }
+    }
+    Ok(rows.into_iter().map(|r| (r.fields[0].trim().to_string(), r.fields[1].clone())).collect())
+}
+
+/// Image ids from a CSV column `image_id`, each checked to exist as a file in `images`.
+pub fn read_image_list(path: &Path, images: &Path) -> Result<Vec<String>> {
+    let rows = read_columns(path, &["image_id"])?;
+    check_ids(&rows, "image_id").with_context(|| format!("{}", path.display()))?;
+    let ids: Vec<(u64, String)> = rows.into_iter().map(|r| (r.line, r.fields[0].trim().to_string())).collect();
+    check_files(path, images, &ids)?;
+    Ok(ids.into_iter().map(|(_, id)| id).collect())
+}
+
+/// Every id must name a file in `images`; lists up to ten that do not.
+pub fn check_files(list: &Path, images: &Path, ids: &[(u64, String)]) -> Result<()> {
+    if !images.is_dir() {
+        bail!("{}: not a directory of images", images.display());
+    }
+    let missing: Vec<String> = ids
+        .iter()
+        .filter(|(_, id)| !images.join(id).is_file())
+        .map(|(line, id)| format!("line {line}: {id}"))
+        .collect();
+    if !missing.is_empty() {
+        let shown = missing.iter().take(10).cloned().collect::<Vec<_>>().join("; ");
+        bail!(
+            "{}: {} image id(s) have no file in {}: {shown}{}",
+            list.display(),
+            missing.len(),
+            images.display(),
+            if missing.len() > 10 { "; …" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// Every image file in `dir` (by extension), sorted by name: the gallery when no list is given.
+pub fn list_images(dir: &Path) -> Result<Vec<String>> {
+    const EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
+        let path = entry?.path();
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_lowercase).unwrap_or_default();
+        if path.is_file() && EXTENSIONS.contains(&ext.as_str()) {
+            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                ids.push(name.to_string());
+            }
+        }
+    }
+    if ids.is_empty() {
+        bail!("{}: no image files (jpg, png, webp, gif, bmp, tiff)", dir.display());
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+/// Writes a result CSV: `header`, then `RESULTS_PER_QUERY` rows per query, ranks 1…5 (atomically).
+pub fn write_results(path: &Path, header: [&str; 3], results: &[(String, Vec<String>)]) -> Result<()> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(header)?;
+    for (query, hits) in results {
+        if hits.len() < RESULTS_PER_QUERY {
+            bail!("query {query:?} has only {} results (the gallery is smaller than {RESULTS_PER_QUERY})", hits.len());
+        }
+        for (rank, hit) in hits.iter().take(RESULTS_PER_QUERY).enumerate() {
+            writer.write_record([query.as_str(), &(rank + 1).to_string(), hit.as_str()])?;
+        }
+    }
+    let bytes = writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::util::write_atomic(path, &bytes)
+}
+
+/// Recall@K for queries whose one true match is `truth[q]`, given each query's ranked gallery indices.
+pub fn recall_at(ranked: &[Vec<usize>], truth: &[usize], k: usize) -> f64 {
+    if ranked.is_empty() {
+        return 0.0;
+    }
+    let hits = ranked.iter().zip(truth).filter(|(r, t)| r.iter().take(k).any(|i| i == *t)).count();
+    hits as f64 / ranked.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_bom_crlf_and_quoted_newlines_with_line_numbers() {
+        let csv = "\u{feff}Image_ID,caption\r\na.jpg,\"第一行\r\n第二行\"\r\nb.jpg,《绿色北京》<人名>\r\n";
+        let rows = parse_columns(csv.as_bytes(), &["image_id", "caption"]).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].fields, ["a.jpg", "第一行\r\n第二行"]);
+        assert_eq!((rows[0].line, rows[1].line), (2, 4));
+        assert_eq!(rows[1].fields[1], "《绿色北京》<人名>");
+    }
+
+    #[test]
+    fn missing_columns_and_duplicates_are_named() {
+        let err = parse_columns(b"id,text\n1,x\n", &["text_id", "caption"]).unwrap_err().to_string();
+        assert!(err.contains("\"text_id\"") && err.contains("id, text"), "{err}");
+        let rows = parse_columns(b"text_id,caption\n1,x\n2,y\n1,z\n", &["text_id", "caption"]).unwrap();
+        let err = check_ids(&rows, "text_id").unwrap_err().to_string();
+        assert!(err.contains("line 4") && err.contains("first on line 2"), "{err}");
+    }
+
+    #[test]
+    fn recall_counts_the_true_match_within_k() {
+        let ranked = vec![vec![3, 1, 2], vec![0, 2, 1], vec![2, 0, 1]];
+        let truth = [1, 0, 1];
+        assert_eq!(recall_at(&ranked, &truth, 1), 1.0 / 3.0);
+        assert_eq!(recall_at(&ranked, &truth, 2), 2.0 / 3.0);
+        assert_eq!(recall_at(&ranked, &truth, 3), 1.0);
+    }
+}
