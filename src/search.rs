@@ -80,8 +80,71 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// f16 row · f32 query with F16C conversion fused into FMA (x86-64 with AVX2, F16C and FMA).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn dot_f16_avx2(row: &[f16], query: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = row.len() / 32 * 32;
+    let (r, q) = (row.as_ptr() as *const __m128i, query.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i < n {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let h = _mm256_cvtph_ps(_mm_loadu_si128(r.add(i / 8 + j)));
+            *a = _mm256_fmadd_ps(h, _mm256_loadu_ps(q.add(i + 8 * j)), *a);
+        }
+        i += 32;
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+    lanes.iter().sum::<f32>() + row[n..].iter().zip(&query[n..]).map(|(a, b)| a.to_f32() * b).sum::<f32>()
+}
+
+/// i8 row · f32 query (x86-64 with AVX2 and FMA); the caller applies the row's scale.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_i8_avx2(row: &[i8], query: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = row.len() / 16 * 16;
+    let (r, q) = (row.as_ptr(), query.as_ptr());
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    while i < n {
+        let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(r.add(i) as *const __m128i)));
+        let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(r.add(i + 8) as *const __m128i)));
+        a0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(q.add(i)), a0);
+        a1 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(q.add(i + 8)), a1);
+        i += 16;
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a0, a1));
+    lanes.iter().sum::<f32>() + row[n..].iter().zip(&query[n..]).map(|(a, b)| *a as f32 * b).sum::<f32>()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_f16c() -> bool {
+    static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") && is_x86_feature_detected!("fma")
+    })
+}
+
 /// Scores of rows `[start, start + n)` against one query, written to `out`.
 fn score_rows(rows: &Rows, dim: usize, query: &[f32], start: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_f16c() {
+        for (j, o) in out.iter_mut().enumerate() {
+            let i = start + j;
+            // SAFETY: the CPU features were detected by has_avx2_f16c.
+            *o = match rows {
+                Rows::F16(v) => unsafe { dot_f16_avx2(&v[i * dim..(i + 1) * dim], query) },
+                Rows::Int8 { values, scales } => scales[i] * unsafe { dot_i8_avx2(&values[i * dim..(i + 1) * dim], query) },
+            };
+        }
+        return;
+    }
     let mut buf = vec![0f32; dim];
     for (j, o) in out.iter_mut().enumerate() {
         let i = start + j;
