@@ -23,6 +23,8 @@ pub struct ModelInfo {
     /// `Some(how)` when the weights are random: every output must say so.
     pub random_weights: Option<String>,
     pub projection_dim: usize,
+    /// How the weights are stored: f32 for HF checkpoints, else the GGUF's dtype (q8_0, …).
+    pub dtype: String,
 }
 
 pub struct Encoder {
@@ -41,13 +43,14 @@ impl Encoder {
         let model_dir = ModelDir::open(dir)?;
         let device = Device::Cpu;
         let vb = model_dir.var_builder(&device)?;
-        let model = ChineseClip::load(&vb, &model_dir.config, towers)
+        let model = ChineseClip::load(&crate::model::Params::from_var_builder(vb), &model_dir.config, towers)
             .with_context(|| format!("loading weights from {}", model_dir.weights.display()))?;
         let tokenizer = if towers.text() { Some(model_dir.tokenizer()?) } else { None };
         let info = ModelInfo {
             source: dir.display().to_string(),
             random_weights: model_dir.random_weights(),
             projection_dim: model_dir.config.projection_dim,
+            dtype: "f32".into(),
         };
         Ok(Self {
             model,
@@ -56,6 +59,52 @@ impl Encoder {
             info,
             weights_file: Some(model_dir.weights.clone()),
             fingerprint: Default::default(),
+        })
+    }
+
+    /// Loads a model from an HF directory or a tuwen GGUF file (`tuwen quantize`).
+    pub fn load(path: &Path, towers: Towers) -> Result<Self> {
+        if path.is_file() {
+            let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let mut magic = [0u8; 4];
+            use std::io::Read;
+            let _ = file.read(&mut magic);
+            if crate::quantize::is_gguf(&magic) {
+                let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let mut encoder = Self::from_gguf_bytes(&bytes, towers).with_context(|| format!("{}", path.display()))?;
+                encoder.info.source = path.display().to_string();
+                return Ok(encoder);
+            }
+            bail!("{}: not a model (expected an HF model directory or a GGUF file from `tuwen quantize`)", path.display());
+        }
+        Self::from_dir(path, towers)
+    }
+
+    /// Loads the requested towers from tuwen GGUF bytes.
+    pub fn from_gguf_bytes(bytes: &[u8], towers: Towers) -> Result<Self> {
+        let device = Device::Cpu;
+        let gguf = crate::quantize::GgufModel::read(&mut std::io::Cursor::new(bytes), &device)?;
+        gguf.check_towers(towers)?;
+        let tokenizer = if towers.text() {
+            Some(TextTokenizer::from_vocab_txt(&gguf.vocab_txt).context("the vocabulary in the GGUF")?)
+        } else {
+            None
+        };
+        let params = crate::model::Params::from_gguf_tensors(gguf.tensors, &device);
+        let model = ChineseClip::load(&params, &gguf.config, towers).context("loading weights from the GGUF")?;
+        let info = ModelInfo {
+            source: "bytes".into(),
+            random_weights: gguf.random_weights,
+            projection_dim: gguf.config.projection_dim,
+            dtype: gguf.dtype,
+        };
+        Ok(Self {
+            model,
+            tokenizer,
+            preprocess: gguf.preprocess,
+            info,
+            weights_file: None,
+            fingerprint: std::sync::OnceLock::from(gguf.fingerprint),
         })
     }
 
@@ -72,8 +121,13 @@ impl Encoder {
         let device = Device::Cpu;
         let vb = VarBuilder::from_buffered_safetensors(safetensors, candle_core::DType::F32, &device)
             .context("model.safetensors: not a readable checkpoint")?;
-        let model = ChineseClip::load(&vb, &config, towers).context("loading weights from model.safetensors")?;
-        let info = ModelInfo { source: "bytes".into(), random_weights, projection_dim: config.projection_dim };
+        let model = ChineseClip::load(&crate::model::Params::from_var_builder(vb), &config, towers).context("loading weights from model.safetensors")?;
+        let info = ModelInfo {
+            source: "bytes".into(),
+            random_weights,
+            projection_dim: config.projection_dim,
+            dtype: "f32".into(),
+        };
         let preprocess = PreprocessConfig::for_vision(&config.vision_config);
         Ok(Self { model, tokenizer: towers.text().then_some(tokenizer), preprocess, info, weights_file: None, fingerprint })
     }
@@ -90,7 +144,7 @@ impl Encoder {
         };
         Ok(crate::bundle::ModelStamp {
             fingerprint,
-            dtype: "f32".into(),
+            dtype: self.info.dtype.clone(),
             random_weights: self.info.random_weights.clone(),
         })
     }

@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod index;
 pub mod model;
 pub mod preprocess;
+pub mod quantize;
 pub mod search;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod tasks;

@@ -70,6 +70,13 @@ impl TextTokenizer {
         self.vocab_size
     }
 
+    /// Tokens in id order, as the lines of a `vocab.txt`.
+    pub fn vocab_lines(&self) -> Vec<String> {
+        let mut tokens: Vec<(u32, String)> = self.inner.get_vocab(true).into_iter().map(|(t, id)| (id, t)).collect();
+        tokens.sort();
+        tokens.into_iter().map(|(_, t)| t).collect()
+    }
+
     pub fn context_length(&self) -> usize {
         self.context_length
     }

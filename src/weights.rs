@@ -85,6 +85,15 @@ impl ModelDir {
         Ok(tokenizer)
     }
 
+    /// The vocabulary as `vocab.txt` text (rebuilt from `tokenizer.json` when that is all there is).
+    pub fn vocab_txt(&self) -> Result<String> {
+        let path = &self.tokenizer_file;
+        if path.ends_with(VOCAB_FILE) {
+            return std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
+        }
+        Ok(self.tokenizer()?.vocab_lines().join("\n") + "\n")
+    }
+
     /// A `VarBuilder` over the weights file (memory-mapped safetensors, or a PyTorch pickle).
     pub fn var_builder(&self, device: &Device) -> Result<VarBuilder<'static>> {
         let path = &self.weights;

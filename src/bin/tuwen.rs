@@ -17,7 +17,7 @@ struct Cli {
 enum Command {
     /// Print one JSON line per input: {"kind","input","embedding"}, in the order given.
     Embed {
-        /// Model directory in the Hugging Face layout.
+        /// Model: a directory in the Hugging Face layout, or a GGUF from `tuwen quantize`.
         #[arg(long)]
         model: PathBuf,
         /// A text to embed (repeatable).
@@ -112,6 +112,20 @@ enum Command {
         #[command(flatten)]
         job: JobArgs,
     },
+    /// Write a single-file GGUF model (one tower or both) with quantized weights.
+    Quantize {
+        /// HF model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// q8_0 (default), q4_0, q4k or f16 for the linear layers; norms and embeddings stay f32.
+        #[arg(long, default_value = "q8_0")]
+        dtype: tuwen::quantize::QuantDtype,
+        /// text, vision or both: the page fetches only the tower a query needs.
+        #[arg(long, default_value = "both")]
+        tower: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Download the released model (honours HF_ENDPOINT, e.g. https://hf-mirror.com).
     FetchModel {
         #[arg(long, default_value = tuwen::fetch::DEFAULT_REPO)]
@@ -194,7 +208,7 @@ impl JobArgs {
 }
 
 fn load(model: &std::path::Path, towers: Towers) -> Result<Encoder> {
-    let encoder = Encoder::from_dir(model, towers)?;
+    let encoder = Encoder::load(model, towers)?;
     if let Some(how) = &encoder.info.random_weights {
         eprintln!("WARNING: {} has RANDOM weights ({how}); its embeddings carry no meaning", model.display());
     }
@@ -247,6 +261,18 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             if let Some(path) = json {
                 tuwen::util::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
             }
+            Ok(())
+        }
+        Command::Quantize { model, dtype, tower, out } => {
+            let towers = match tower.as_str() {
+                "text" => Towers::Text,
+                "vision" => Towers::Vision,
+                "both" => Towers::Both,
+                other => bail!("--tower must be text, vision or both, not {other:?}"),
+            };
+            let bytes = tuwen::quantize::quantize_dir(&model, dtype, towers, &out)?;
+            eprintln!("wrote {} ({} tower{}, {}, {:.1} MB)", out.display(), tower, if tower == "both" { "s" } else { "" },
+                dtype.name(), bytes as f64 / 1e6);
             Ok(())
         }
         Command::FetchModel { repo, out } => {

@@ -2,13 +2,14 @@
 //! their projections into the shared, L2-normalised embedding space.
 
 pub mod ops;
+pub mod params;
 pub mod random;
 pub mod text;
 pub mod vision;
 
 use crate::config::ClipConfig;
 use candle_core::{Device, Result, Tensor};
-use candle_nn::VarBuilder;
+pub use params::Params;
 pub use text::TextTower;
 pub use vision::VisionTower;
 
@@ -38,7 +39,7 @@ pub struct ChineseClip {
 
 impl ChineseClip {
     /// Builds the requested towers from a checkpoint with the HF tensor names.
-    pub fn load(vb: &VarBuilder, config: &ClipConfig, towers: Towers) -> Result<Self> {
+    pub fn load(vb: &Params, config: &ClipConfig, towers: Towers) -> Result<Self> {
         let dim = config.projection_dim;
         let text = towers.text().then(|| TextTower::load(vb, &config.text_config, dim)).transpose()?;
         let vision = towers.vision().then(|| VisionTower::load(vb, &config.vision_config, dim)).transpose()?;

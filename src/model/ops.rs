@@ -1,38 +1,43 @@
 //! The small op set both encoders are written over (candle on CPU, natively and in wasm).
 
+use super::params::{Matrix, Params};
 use crate::config::Activation;
-use candle_core::{DType, Result, Tensor, D};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Module, Result, Tensor, D};
 
-/// A dense layer `y = x·Wᵀ (+ b)` with the weight in PyTorch's `[out, in]` layout.
+/// A dense layer `y = x·Wᵀ (+ b)` with the weight in PyTorch's `[out, in]` layout, f32 or quantized.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: Matrix,
+    out_dim: usize,
     bias: Option<Tensor>,
 }
 
 impl Linear {
-    pub fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
-        let weight = vb.get((out_dim, in_dim), "weight")?;
-        let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-        Ok(Self { weight, bias })
+    pub fn load(p: &Params, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = p.matrix(out_dim, in_dim, "weight")?;
+        let bias = if bias { Some(p.tensor(out_dim, "bias")?) } else { None };
+        Ok(Self { weight, out_dim, bias })
     }
 
-    pub fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+    pub fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self { out_dim: weight.dim(0)?, weight: Matrix::Dense(weight), bias })
     }
 
     /// `x`: `[..., in]` → `[..., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (rows, in_dim) = (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let x = x.reshape((rows, in_dim))?;
+        let y = match &self.weight {
+            Matrix::Dense(w) => x.matmul(&w.t()?)?,
+            Matrix::Quantized(q) => q.forward(&x)?,
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
         let mut out_dims = dims;
-        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+        *out_dims.last_mut().unwrap() = self.out_dim;
         y.reshape(out_dims)
     }
 }
@@ -45,9 +50,9 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn load(vb: &VarBuilder, dim: usize, eps: f64) -> Result<Self> {
-        let weight = vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.0))?;
-        let bias = vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?;
+    pub fn load(p: &Params, dim: usize, eps: f64) -> Result<Self> {
+        let weight = p.tensor_with_hint(dim, "weight", candle_nn::Init::Const(1.0))?;
+        let bias = p.tensor_with_hint(dim, "bias", candle_nn::Init::Const(0.0))?;
         Ok(Self { weight, bias, eps: eps as f32 })
     }
 

@@ -1,9 +1,9 @@
 //! The text tower: RoBERTa-wwm (BERT layout, `text_model.*`) → [CLS] → `text_projection`.
 
+use super::params::Params;
 use super::ops::{activation, attention, mask_bias, LayerNorm, Linear};
 use crate::config::{Activation, TextConfig};
 use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::VarBuilder;
 
 struct Layer {
     query: Linear,
@@ -17,7 +17,7 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(vb: &VarBuilder, c: &TextConfig) -> Result<Self> {
+    fn load(vb: &Params, c: &TextConfig) -> Result<Self> {
         let (h, i, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
         let attn = vb.pp("attention");
         Ok(Self {
@@ -54,7 +54,7 @@ pub struct TextTower {
 
 impl TextTower {
     /// `vb` is rooted at the checkpoint's top level (it holds `text_model.*` and `text_projection`).
-    pub fn load(vb: &VarBuilder, c: &TextConfig, projection_dim: usize) -> Result<Self> {
+    pub fn load(vb: &Params, c: &TextConfig, projection_dim: usize) -> Result<Self> {
         let tm = vb.pp("text_model");
         let emb = tm.pp("embeddings");
         let h = c.hidden_size;
@@ -64,9 +64,9 @@ impl TextTower {
         Ok(Self {
             config: c.clone(),
             activation: c.activation().map_err(candle_core::Error::wrap)?,
-            word_embeddings: emb.get((c.vocab_size, h), "word_embeddings.weight")?,
-            position_embeddings: emb.get((c.max_position_embeddings, h), "position_embeddings.weight")?,
-            token_type_embeddings: emb.get((c.type_vocab_size, h), "token_type_embeddings.weight")?,
+            word_embeddings: emb.tensor((c.vocab_size, h), "word_embeddings.weight")?,
+            position_embeddings: emb.tensor((c.max_position_embeddings, h), "position_embeddings.weight")?,
+            token_type_embeddings: emb.tensor((c.type_vocab_size, h), "token_type_embeddings.weight")?,
             embedding_norm: LayerNorm::load(&emb.pp("LayerNorm"), h, c.layer_norm_eps)?,
             layers,
             projection: Linear::load(&vb.pp("text_projection"), h, projection_dim, false)?,

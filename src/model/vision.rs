@@ -1,9 +1,9 @@
 //! The vision tower: ViT (CLIP layout, `vision_model.*`) → post-LN [CLS] → `visual_projection`.
 
+use super::params::Params;
 use super::ops::{activation, attention, LayerNorm, Linear};
 use crate::config::{Activation, VisionConfig};
 use candle_core::{Result, Tensor};
-use candle_nn::VarBuilder;
 
 struct Layer {
     norm1: LayerNorm,
@@ -17,7 +17,7 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(vb: &VarBuilder, c: &VisionConfig) -> Result<Self> {
+    fn load(vb: &Params, c: &VisionConfig) -> Result<Self> {
         let (h, i, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
         let attn = vb.pp("self_attn");
         Ok(Self {
@@ -56,21 +56,21 @@ pub struct VisionTower {
 
 impl VisionTower {
     /// `vb` is rooted at the checkpoint's top level (it holds `vision_model.*` and `visual_projection`).
-    pub fn load(vb: &VarBuilder, c: &VisionConfig, projection_dim: usize) -> Result<Self> {
+    pub fn load(vb: &Params, c: &VisionConfig, projection_dim: usize) -> Result<Self> {
         let vm = vb.pp("vision_model");
         let emb = vm.pp("embeddings");
         let (h, p) = (c.hidden_size, c.patch_size);
-        let conv = emb.get((h, c.num_channels, p, p), "patch_embedding.weight")?;
-        let patch_embedding = Linear::from_weight(conv.reshape((h, c.num_channels * p * p))?, None);
+        let conv = emb.tensor((h, c.num_channels, p, p), "patch_embedding.weight")?;
+        let patch_embedding = Linear::from_weight(conv.reshape((h, c.num_channels * p * p))?, None)?;
         let layers = (0..c.num_hidden_layers)
             .map(|i| Layer::load(&vm.pp(format!("encoder.layers.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             config: c.clone(),
             activation: c.activation().map_err(candle_core::Error::wrap)?,
-            class_embedding: emb.get(h, "class_embedding")?,
+            class_embedding: emb.tensor(h, "class_embedding")?,
             patch_embedding,
-            position_embedding: emb.get((c.num_patches() + 1, h), "position_embedding.weight")?,
+            position_embedding: emb.tensor((c.num_patches() + 1, h), "position_embedding.weight")?,
             // Sic: the checkpoint spells it "pre_layrnorm".
             pre_norm: LayerNorm::load(&vm.pp("pre_layrnorm"), h, c.layer_norm_eps)?,
             layers,

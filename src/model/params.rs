@@ -1,0 +1,94 @@
+//! Where the towers' parameters come from: an HF checkpoint (f32, through candle's `VarBuilder`) or a
+//! tuwen GGUF (quantized matrices kept packed, everything else dequantized to f32 once).
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Result, Shape, Tensor};
+use candle_nn::{Init, VarBuilder};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Clone)]
+enum Source {
+    Checkpoint(VarBuilder<'static>),
+    Gguf(Arc<HashMap<String, Arc<QTensor>>>),
+}
+
+/// A prefix-scoped view of a model's parameters (`pp("text_model")`, then names below it).
+#[derive(Clone)]
+pub struct Params {
+    source: Source,
+    prefix: Vec<String>,
+    device: Device,
+}
+
+/// A weight matrix `[out, in]` as the linear layers use it.
+#[derive(Debug, Clone)]
+pub enum Matrix {
+    Dense(Tensor),
+    Quantized(QMatMul),
+}
+
+impl Params {
+    pub fn from_var_builder(vb: VarBuilder<'static>) -> Self {
+        let device = vb.device().clone();
+        Self { source: Source::Checkpoint(vb), prefix: Vec::new(), device }
+    }
+
+    pub fn from_gguf_tensors(tensors: HashMap<String, Arc<QTensor>>, device: &Device) -> Self {
+        Self { source: Source::Gguf(Arc::new(tensors)), prefix: Vec::new(), device: device.clone() }
+    }
+
+    pub fn pp<S: ToString>(&self, s: S) -> Self {
+        let mut p = self.clone();
+        p.prefix.push(s.to_string());
+        p
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.prefix.iter().map(String::as_str).chain([name]).collect::<Vec<_>>().join(".")
+    }
+
+    fn packed(&self, shape: &Shape, name: &str) -> Result<Arc<QTensor>> {
+        let Source::Gguf(map) = &self.source else { unreachable!("only GGUF parameters are packed") };
+        let path = self.path(name);
+        let t = map.get(&path).ok_or_else(|| candle_core::Error::CannotFindTensor { path: path.clone() })?;
+        if t.shape() != shape {
+            candle_core::bail!("shape mismatch for {path}, expected {shape:?}, got {:?}", t.shape());
+        }
+        Ok(t.clone())
+    }
+
+    /// A parameter as f32; `hint` only shapes random initialisation (see `model::random`).
+    pub fn tensor_with_hint<S: Into<Shape>>(&self, shape: S, name: &str, hint: Init) -> Result<Tensor> {
+        let shape = shape.into();
+        match &self.source {
+            Source::Checkpoint(vb) => {
+                let vb = self.prefix.iter().fold(vb.clone(), |vb, p| vb.pp(p));
+                vb.get_with_hints(shape, name, hint)
+            }
+            Source::Gguf(_) => self.packed(&shape, name)?.dequantize(&self.device),
+        }
+    }
+
+    pub fn tensor<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
+        self.tensor_with_hint(shape, name, Init::Randn { mean: 0.0, stdev: 0.02 })
+    }
+
+    /// A linear layer's weight, kept packed when it is stored quantized.
+    pub fn matrix(&self, out_dim: usize, in_dim: usize, name: &str) -> Result<Matrix> {
+        match &self.source {
+            Source::Checkpoint(_) => Ok(Matrix::Dense(self.tensor((out_dim, in_dim), name)?)),
+            Source::Gguf(_) => {
+                let q = self.packed(&Shape::from((out_dim, in_dim)), name)?;
+                match q.dtype() {
+                    GgmlDType::F32 => Ok(Matrix::Dense(q.dequantize(&self.device)?)),
+                    _ => Ok(Matrix::Quantized(QMatMul::from_arc(q)?)),
+                }
+            }
+        }
+    }
+}
