@@ -161,6 +161,26 @@ pub fn to_gguf(
     Ok(out.into_inner())
 }
 
+/// An HF checkpoint held in memory (`config.json`, `vocab.txt`, `model.safetensors` bytes) → GGUF bytes.
+/// Works in wasm too; the fingerprint is that of the safetensors bytes, as for the file.
+pub fn quantize_safetensors_bytes(
+    config_json: &str,
+    vocab_txt: &str,
+    safetensors: &[u8],
+    dtype: QuantDtype,
+    towers: Towers,
+) -> Result<Vec<u8>> {
+    let config = ClipConfig::from_json(config_json).context("in config.json")?;
+    let preprocess = PreprocessConfig::for_vision(&config.vision_config);
+    let tensors = candle_core::safetensors::load_buffer(safetensors, &Device::Cpu).context("model.safetensors")?;
+    let random = safetensors::SafeTensors::read_metadata(safetensors)
+        .ok()
+        .and_then(|(_, m)| m.metadata().as_ref()?.get(crate::model::random::RANDOM_WEIGHTS_KEY).cloned());
+    let fingerprint = crate::weights::fingerprint_bytes(safetensors);
+    let meta = ModelMeta { config: &config, preprocess: &preprocess, vocab_txt, fingerprint: &fingerprint, random_weights: random.as_deref() };
+    to_gguf(&tensors, &meta, dtype, towers)
+}
+
 /// A tuwen GGUF, read: its metadata and tensors.
 pub struct GgufModel {
     pub config: ClipConfig,

@@ -44,7 +44,7 @@ pub fn parse_columns(bytes: &[u8], columns: &[&str]) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for record in reader.records() {
         let record = record.context("malformed CSV")?;
-        let line = record.position().map_or(0, |p| p.line());
+        let line = record.position().map_or(0, |p| line_at(bytes, p.byte() as usize));
         if record.iter().all(|f| f.trim().is_empty()) {
             continue;
         }
@@ -58,6 +58,13 @@ pub fn parse_columns(bytes: &[u8], columns: &[&str]) -> Result<Vec<Row>> {
         rows.push(Row { line, fields });
     }
     Ok(rows)
+}
+
+/// The 1-based line on which the record starting at `offset` begins. (csv's own line count is one short
+/// for CRLF files: it positions a record on the `\n` left over from the previous `\r\n`.)
+fn line_at(bytes: &[u8], offset: usize) -> u64 {
+    let start = offset + bytes[offset.min(bytes.len())..].iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+    1 + bytes[..start.min(bytes.len())].iter().filter(|b| **b == b'\n').count() as u64
 }
 
 /// Ids (first column) must be non-empty and unique.

@@ -12,6 +12,15 @@ fn js_error(e: anyhow::Error) -> JsError {
     JsError::new(&format!("{e:#}"))
 }
 
+fn parse_towers(towers: &str) -> Result<Towers, JsError> {
+    match towers {
+        "text" => Ok(Towers::Text),
+        "vision" => Ok(Towers::Vision),
+        "both" => Ok(Towers::Both),
+        other => Err(JsError::new(&format!("towers must be \"text\", \"vision\" or \"both\", not {other:?}"))),
+    }
+}
+
 /// A Chinese-CLIP encoder living in wasm memory.
 #[wasm_bindgen]
 pub struct WasmEncoder {
@@ -24,13 +33,14 @@ impl WasmEncoder {
     /// `model.safetensors` of a model in the HF layout.
     #[wasm_bindgen(constructor)]
     pub fn new(config_json: &[u8], vocab_txt: &[u8], weights: Vec<u8>, towers: &str) -> Result<WasmEncoder, JsError> {
-        let towers = match towers {
-            "text" => Towers::Text,
-            "vision" => Towers::Vision,
-            "both" => Towers::Both,
-            other => return Err(JsError::new(&format!("towers must be \"text\", \"vision\" or \"both\", not {other:?}"))),
-        };
-        let inner = Encoder::from_bytes(config_json, vocab_txt, weights, towers).map_err(js_error)?;
+        let inner = Encoder::from_bytes(config_json, vocab_txt, weights, parse_towers(towers)?).map_err(js_error)?;
+        Ok(Self { inner })
+    }
+
+    /// Loads a tuwen GGUF (`tuwen quantize`): one tower or both, config and vocabulary inside.
+    #[wasm_bindgen(js_name = fromGguf)]
+    pub fn from_gguf(bytes: &[u8], towers: &str) -> Result<WasmEncoder, JsError> {
+        let inner = Encoder::from_gguf_bytes(bytes, parse_towers(towers)?).map_err(js_error)?;
         Ok(Self { inner })
     }
 

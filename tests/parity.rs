@@ -86,10 +86,25 @@ fn native_fixture_for_the_wasm_test_is_current() {
     let encoder = Encoder::from_dir(&tiny_model(), Towers::Both).unwrap();
     let texts = ["", "一只猫坐在窗台上晒太阳", "iPhone 15 Pro 发布会 2023年9月13日", "《绿色北京》摄影大赛胡子<人名>作品"];
     let images = ["rgb.jpg", "rgba.png", "gray.png", "palette.gif", "rgb.webp"];
-    let current = serde_json::json!({
-        "texts": texts.iter().map(|t| (t.to_string(), encoder.embed_text(t).unwrap())).collect::<Vec<_>>(),
-        "images": images.iter().map(|f| (f.to_string(), encoder.embed_image_file(&fixtures().join("images").join(f)).unwrap())).collect::<Vec<_>>(),
-    });
+    // The q8_0 GGUF made from the same bytes the wasm test embeds.
+    let dir = tiny_model();
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    let gguf = tuwen::quantize::quantize_safetensors_bytes(
+        &String::from_utf8(read("config.json")).unwrap(),
+        &String::from_utf8(read("vocab.txt")).unwrap(),
+        &read("model.safetensors"),
+        "q8_0".parse().unwrap(),
+        Towers::Both,
+    )
+    .unwrap();
+    let q8 = Encoder::from_gguf_bytes(&gguf, Towers::Both).unwrap();
+    let embed = |e: &Encoder| {
+        serde_json::json!({
+            "texts": texts.iter().map(|t| (t.to_string(), e.embed_text(t).unwrap())).collect::<Vec<_>>(),
+            "images": images.iter().map(|f| (f.to_string(), e.embed_image_file(&fixtures().join("images").join(f)).unwrap())).collect::<Vec<_>>(),
+        })
+    };
+    let current = serde_json::json!({"f32": embed(&encoder), "q8_0": embed(&q8)});
     let path = tiny_model().join("native.json");
     if std::env::var_os("TUWEN_UPDATE_FIXTURES").is_some() {
         std::fs::write(&path, serde_json::to_string(&current).unwrap()).unwrap();
@@ -97,9 +112,11 @@ fn native_fixture_for_the_wasm_test_is_current() {
     let stored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let flat = |v: &serde_json::Value| -> Vec<f32> {
         let mut out = Vec::new();
-        for kind in ["texts", "images"] {
-            for pair in v[kind].as_array().unwrap() {
-                out.extend(pair[1].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32));
+        for dtype in ["f32", "q8_0"] {
+            for kind in ["texts", "images"] {
+                for pair in v[dtype][kind].as_array().unwrap() {
+                    out.extend(pair[1].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32));
+                }
             }
         }
         out

@@ -15,8 +15,27 @@ const NATIVE: &str = include_str!("fixtures/tiny/native.json");
 
 #[derive(Deserialize)]
 struct Native {
+    f32: Embeddings,
+    q8_0: Embeddings,
+}
+
+#[derive(Deserialize)]
+struct Embeddings {
     texts: Vec<(String, Vec<f32>)>,
     images: Vec<(String, Vec<f32>)>,
+}
+
+fn check(encoder: &WasmEncoder, expected: &Embeddings, tolerance: f32, what: &str) {
+    for (text, e) in &expected.texts {
+        let ours = encoder.embed_text(text).map_err(|_| "embed_text failed").unwrap();
+        let d = max_abs_diff(&ours, e);
+        assert!(d <= tolerance, "{what} text {text:?}: wasm vs native max |Δ| = {d:e}");
+    }
+    for (name, e) in &expected.images {
+        let ours = encoder.embed_image(image_bytes(name), name).map_err(|_| "embed_image failed").unwrap();
+        let d = max_abs_diff(&ours, e);
+        assert!(d <= tolerance, "{what} image {name}: wasm vs native max |Δ| = {d:e}");
+    }
 }
 
 fn image_bytes(name: &str) -> &'static [u8] {
@@ -39,16 +58,26 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn wasm_embeddings_equal_native() {
     let native: Native = serde_json::from_str(NATIVE).unwrap();
     let encoder = WasmEncoder::new(CONFIG, VOCAB, WEIGHTS.to_vec(), "both").map_err(|_| "load failed").unwrap();
-    for (text, expected) in &native.texts {
-        let ours = encoder.embed_text(text).map_err(|_| "embed_text failed").unwrap();
-        let d = max_abs_diff(&ours, expected);
-        assert!(d <= 1e-5, "text {text:?}: wasm vs native max |Δ| = {d:e}");
-    }
-    for (name, expected) in &native.images {
-        let ours = encoder.embed_image(image_bytes(name), name).map_err(|_| "embed_image failed").unwrap();
-        let d = max_abs_diff(&ours, expected);
-        assert!(d <= 1e-5, "image {name}: wasm vs native max |Δ| = {d:e}");
-    }
+    check(&encoder, &native.f32, 1e-5, "f32");
+}
+
+/// The q8_0 GGUF is made in the browser from the same bytes, then run with candle's simd128 kernels.
+#[wasm_bindgen_test]
+fn wasm_quantized_embeddings_equal_native() {
+    let native: Native = serde_json::from_str(NATIVE).unwrap();
+    let gguf = tuwen::quantize::quantize_safetensors_bytes(
+        std::str::from_utf8(CONFIG).unwrap(),
+        std::str::from_utf8(VOCAB).unwrap(),
+        WEIGHTS,
+        "q8_0".parse().unwrap(),
+        tuwen::Towers::Both,
+    )
+    .unwrap();
+    let encoder = WasmEncoder::from_gguf(&gguf, "both").map_err(|_| "load failed").unwrap();
+    check(&encoder, &native.q8_0, 1e-4, "q8_0");
+    let text_only = WasmEncoder::from_gguf(&gguf, "text").map_err(|_| "load failed").unwrap();
+    assert!(text_only.embed_image(image_bytes("rgb.jpg"), "rgb.jpg").is_err());
+    assert!(WasmEncoder::from_gguf(&gguf[..gguf.len() / 2], "both").is_err(), "a truncated GGUF is refused");
 }
 
 #[wasm_bindgen_test]
