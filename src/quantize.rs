@@ -62,22 +62,6 @@ impl QuantDtype {
     }
 }
 
-pub fn tower_name(t: Towers) -> &'static str {
-    match t {
-        Towers::Text => "text",
-        Towers::Vision => "vision",
-        Towers::Both => "both",
-    }
-}
-
-fn parse_tower(s: &str) -> Result<Towers> {
-    match s {
-        "text" => Ok(Towers::Text),
-        "vision" => Ok(Towers::Vision),
-        "both" => Ok(Towers::Both),
-        other => bail!("unknown tower {other:?}"),
-    }
-}
 
 /// Does a checkpoint tensor belong to the tower(s)? Unused tensors (the text pooler, position-id buffers)
 /// are left out.
@@ -138,13 +122,13 @@ pub fn to_gguf(
         packed.insert(name, q);
     }
     if packed.is_empty() {
-        bail!("the checkpoint has no tensors of the {} tower", tower_name(towers));
+        bail!("the checkpoint has no tensors of the {} tower", towers.name());
     }
     let string = |s: &str| gguf_file::Value::String(s.to_string());
     let mut metadata = vec![
         ("general.architecture", string(ARCHITECTURE)),
         (KEY_FORMAT, string(FORMAT)),
-        (KEY_TOWER, string(tower_name(towers))),
+        (KEY_TOWER, string(towers.name())),
         (KEY_DTYPE, string(dtype.name())),
         (KEY_CONFIG, string(&serde_json::to_string(meta.config)?)),
         (KEY_PREPROCESS, string(&serde_json::to_string(meta.preprocess)?)),
@@ -225,7 +209,7 @@ impl GgufModel {
             vocab_txt: text(KEY_VOCAB)?,
             fingerprint: text(KEY_FINGERPRINT)?,
             dtype: text(KEY_DTYPE)?,
-            towers: parse_tower(&text(KEY_TOWER)?)?,
+            towers: text(KEY_TOWER)?.parse().map_err(|e: String| anyhow!(e))?,
             random_weights: text(KEY_RANDOM).ok(),
             tensors,
         })
@@ -237,9 +221,9 @@ impl GgufModel {
         if (wanted.text() && !have.text()) || (wanted.vision() && !have.vision()) {
             bail!(
                 "this GGUF holds the {} tower only, but the {} tower is needed here (quantize with --tower {})",
-                tower_name(have),
+                have.name(),
                 if wanted.text() && !have.text() { "text" } else { "vision" },
-                tower_name(wanted)
+                wanted.name()
             );
         }
         Ok(())

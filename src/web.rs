@@ -13,12 +13,7 @@ fn js_error(e: anyhow::Error) -> JsError {
 }
 
 fn parse_towers(towers: &str) -> Result<Towers, JsError> {
-    match towers {
-        "text" => Ok(Towers::Text),
-        "vision" => Ok(Towers::Vision),
-        "both" => Ok(Towers::Both),
-        other => Err(JsError::new(&format!("towers must be \"text\", \"vision\" or \"both\", not {other:?}"))),
-    }
+    towers.parse().map_err(|e: String| JsError::new(&e))
 }
 
 /// A Chinese-CLIP encoder living in wasm memory.

@@ -9,7 +9,7 @@ use tuwen::quantize::{quantize_dir, QuantDtype};
 use tuwen::{Encoder, Towers};
 
 fn quantized(dir: &Path, dtype: &str, tower: Towers) -> std::path::PathBuf {
-    let out = dir.join(format!("{dtype}-{}.gguf", tuwen::quantize::tower_name(tower)));
+    let out = dir.join(format!("{dtype}-{}.gguf", tower.name()));
     quantize_dir(&tiny_model(), dtype.parse().unwrap(), tower, &out).unwrap();
     out
 }

@@ -122,7 +122,7 @@ enum Command {
         dtype: tuwen::quantize::QuantDtype,
         /// text, vision or both: the page fetches only the tower a query needs.
         #[arg(long, default_value = "both")]
-        tower: String,
+        tower: Towers,
         #[arg(long)]
         out: PathBuf,
     },
@@ -264,14 +264,8 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Command::Quantize { model, dtype, tower, out } => {
-            let towers = match tower.as_str() {
-                "text" => Towers::Text,
-                "vision" => Towers::Vision,
-                "both" => Towers::Both,
-                other => bail!("--tower must be text, vision or both, not {other:?}"),
-            };
-            let bytes = tuwen::quantize::quantize_dir(&model, dtype, towers, &out)?;
-            eprintln!("wrote {} ({} tower{}, {}, {:.1} MB)", out.display(), tower, if tower == "both" { "s" } else { "" },
+            let bytes = tuwen::quantize::quantize_dir(&model, dtype, tower, &out)?;
+            eprintln!("wrote {} ({} tower{}, {}, {:.1} MB)", out.display(), tower.name(), if tower == Towers::Both { "s" } else { "" },
                 dtype.name(), bytes as f64 / 1e6);
             Ok(())
         }

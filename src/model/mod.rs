@@ -21,7 +21,27 @@ pub enum Towers {
     Both,
 }
 
+impl std::str::FromStr for Towers {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "vision" => Ok(Self::Vision),
+            "both" => Ok(Self::Both),
+            other => Err(format!("towers are \"text\", \"vision\" or \"both\", not {other:?}")),
+        }
+    }
+}
+
 impl Towers {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Vision => "vision",
+            Self::Both => "both",
+        }
+    }
+
     pub fn text(self) -> bool {
         matches!(self, Self::Text | Self::Both)
     }
