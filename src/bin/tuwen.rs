@@ -9,6 +9,9 @@ use tuwen::{Encoder, Towers};
 #[derive(Parser)]
 #[command(name = "tuwen", version, about = "图文 — Chinese image–text retrieval with Chinese-CLIP")]
 struct Cli {
+    /// Threads for encoders, decoding and search [default: all cores].
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -225,6 +228,14 @@ fn main() {
 }
 
 fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // candle's matmuls read RAYON_NUM_THREADS; decoding and search use rayon's global pool.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting up threads")?;
+    }
     match cli.command {
         Command::Embed { model, text, image } => {
             let sub = matches.subcommand_matches("embed").expect("embed matches");
