@@ -6,7 +6,6 @@ use half::f16;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::path::Path;
 
 pub const FORMAT: &str = "tuwen.bundle";
 pub const VERSION: u32 = 1;
@@ -222,7 +221,7 @@ impl NewBundle<'_> {
 
     /// Writes atomically (temporary file, then rename): a crash never leaves a half-written bundle.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn write(&self, path: &Path) -> Result<()> {
+    pub fn write(&self, path: &std::path::Path) -> Result<()> {
         let bytes = self.to_bytes().with_context(|| format!("building bundle {}", path.display()))?;
         crate::util::write_atomic(path, &bytes)
     }
@@ -231,7 +230,7 @@ impl NewBundle<'_> {
 impl Bundle {
     /// Memory-maps and verifies a bundle file.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn open(path: &Path) -> Result<Self> {
+    pub fn open(path: &std::path::Path) -> Result<Self> {
         let file = std::fs::File::open(path).with_context(|| format!("opening bundle {}", path.display()))?;
         // SAFETY: mapped read-only; bundles are replaced by rename, never rewritten in place.
         let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
