@@ -74,14 +74,7 @@ impl ModelDir {
             TextTokenizer::from_tokenizer_json(&bytes)
         };
         let tokenizer = tokenizer.with_context(|| format!("in {}", path.display()))?;
-        if tokenizer.vocab_size() > self.config.text_config.vocab_size {
-            bail!(
-                "{} has {} tokens but config.json says text_config.vocab_size = {}",
-                path.display(),
-                tokenizer.vocab_size(),
-                self.config.text_config.vocab_size
-            );
-        }
+        check_vocab_fits(&tokenizer, path, &self.config, Path::new(CONFIG_FILE))?;
         Ok(tokenizer)
     }
 
@@ -115,6 +108,20 @@ impl ModelDir {
     }
 }
 
+/// The vocabulary must fit the word-embedding table the config declares.
+fn check_vocab_fits(tokenizer: &TextTokenizer, vocab: &Path, config: &ClipConfig, config_path: &Path) -> Result<()> {
+    if tokenizer.vocab_size() > config.text_config.vocab_size {
+        bail!(
+            "{} has {} tokens but {} says text_config.vocab_size = {}",
+            vocab.display(),
+            tokenizer.vocab_size(),
+            config_path.display(),
+            config.text_config.vocab_size
+        );
+    }
+    Ok(())
+}
+
 /// The `__metadata__` map of a safetensors file, reading only its header.
 pub fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
     let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -140,15 +147,7 @@ pub fn write_random_model(config_path: &Path, vocab_path: &Path, out: &Path, see
     let config = ClipConfig::from_file(config_path)?;
     let vocab = std::fs::read_to_string(vocab_path).with_context(|| format!("reading {}", vocab_path.display()))?;
     let tokenizer = TextTokenizer::from_vocab_txt(&vocab).with_context(|| format!("in {}", vocab_path.display()))?;
-    if tokenizer.vocab_size() > config.text_config.vocab_size {
-        bail!(
-            "{} has {} tokens but {} says text_config.vocab_size = {}",
-            vocab_path.display(),
-            tokenizer.vocab_size(),
-            config_path.display(),
-            config.text_config.vocab_size
-        );
-    }
+    check_vocab_fits(&tokenizer, vocab_path, &config, config_path)?;
     let tensors = random_checkpoint(&config, seed)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let config_json = std::fs::read(config_path).with_context(|| format!("reading {}", config_path.display()))?;
