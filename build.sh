@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # tuwen's one entry point.
-#   ./build.sh          set up, build (native CLI + wasm package in pkg/), then run the demo job:
-#                       embed example texts and images with the default model (see README)
-#   ./build.sh test     set up, then run every test: native (cargo test) and wasm in headless Chromium
-#   ./build.sh setup    only install what the build needs (wasm target, wasm-bindgen-cli, Chromium)
+#   ./build.sh          set up, build (native CLI + wasm package in pkg/), build the demo site into site/
+#                       and serve it on http://127.0.0.1:8080/ (TUWEN_PORT to change)
+#   ./build.sh test     set up, then run every test: native (cargo test), wasm in headless Chromium, and the
+#                       page end to end (Playwright driving Chromium)
+#   ./build.sh site --model M --pairs CSV --images DIR --out DIR
+#                       build a deployable static site for a gallery of image_id,caption pairs
+#                       (M: an HF model directory, quantized to q8_0 per tower, or a tuwen GGUF)
+#   ./build.sh serve [DIR]  serve a built site (default site/)
+#   ./build.sh setup    only install what the build needs (wasm target, wasm-bindgen-cli, Node tools, Chromium)
 #   ./build.sh wasm     only build the wasm package into pkg/
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -34,10 +39,19 @@ setup() {
     # No --locked: it pins crates some registry mirrors lack.
     cargo install -q wasm-bindgen-cli --version "$want"
   fi
-  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
-    log "installing Chromium and ChromeDriver (headless browser tests)"
+  local packages=()
+  command -v chromium >/dev/null || packages+=(chromium)
+  command -v chromedriver >/dev/null || packages+=(chromium-driver)
+  command -v npm >/dev/null || packages+=(nodejs npm)
+  if [ ${#packages[@]} -gt 0 ]; then
+    log "installing ${packages[*]} (headless browser tests, page tools)"
     as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium chromium-driver >/dev/null
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${packages[@]}" >/dev/null
+  fi
+  # wasm-opt from npm's binaryen (Debian's is too old for wasm-bindgen's output) and playwright-core.
+  if [ ! -x node_modules/.bin/wasm-opt ] || [ ! -d node_modules/playwright-core ] || [ package-lock.json -nt node_modules ]; then
+    log "installing the page tools (npm ci: binaryen, playwright-core)"
+    npm ci --no-audit --no-fund --loglevel=error
   fi
 }
 
@@ -45,6 +59,11 @@ build_wasm() {
   log "building the wasm package (pkg/)"
   cargo build --release --lib --target wasm32-unknown-unknown --no-default-features
   wasm-bindgen --target web --out-dir pkg target/wasm32-unknown-unknown/release/tuwen.wasm
+  if [ "${TUWEN_WASM_OPT:-1}" = 1 ]; then
+    log "optimising pkg/tuwen_bg.wasm (wasm-opt -O3)"
+    node_modules/.bin/wasm-opt -O3 --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
+      --enable-sign-ext --enable-mutable-globals pkg/tuwen_bg.wasm -o pkg/tuwen_bg.wasm
+  fi
   ls -l pkg/tuwen_bg.wasm >&2
 }
 
@@ -67,22 +86,33 @@ demo_model() {
   echo tests/fixtures/tiny
 }
 
-demo() {
+# The demo gallery: the 300 real sample pairs when ../shared has them, else generated images.
+demo_gallery() {
+  local sample=$SHARED/data/teddy2024-sample
+  if [ -f "$sample/ImageWordData.csv" ] && [ -d "$sample/ImageData" ]; then
+    echo "$sample/ImageWordData.csv" "$sample/ImageData"; return
+  fi
+  target/release/tuwen demo-gallery --out out/demo-gallery >&2
+  echo out/demo-gallery/pairs.csv out/demo-gallery/images
+}
+
+build_native() {
   log "building the native CLI"
   cargo build --release
+}
+
+demo() {
+  build_native
   build_wasm
   local model; model=$(demo_model)
-  local images=(tests/fixtures/images/rgb.jpg tests/fixtures/images/rgba.png)
-  if [ -d "$SHARED/data/teddy2024-sample/ImageData" ]; then
-    images=("$SHARED"/data/teddy2024-sample/ImageData/Image14001001-0000.jpg "${images[@]}")
-  fi
-  mkdir -p out
-  log "embedding with $model → out/demo-embeddings.jsonl"
-  local args=(--text "《绿色北京》摄影大赛胡子<人名>作品" --text "一只猫坐在窗台上晒太阳")
-  for i in "${images[@]}"; do args+=(--image "$i"); done
-  target/release/tuwen embed --model "$model" "${args[@]}" > out/demo-embeddings.jsonl
-  # One line per input: kind, input and the first values of its 512-d embedding.
-  cut -c1-160 out/demo-embeddings.jsonl | sed 's/$/…/'
+  local pairs images; read -r pairs images < <(demo_gallery)
+  log "building the demo site with $model over $pairs → site/"
+  target/release/tuwen site --model "$model" --pairs "$pairs" --images "$images" --out site
+  serve site
+}
+
+serve() {
+  target/release/tuwen serve --dir "${1:-site}" --port "${TUWEN_PORT:-8080}"
 }
 
 run_tests() {
@@ -90,12 +120,17 @@ run_tests() {
   cargo test --release
   log "wasm tests in headless Chromium"
   CHROMEDRIVER=$(command -v chromedriver) cargo test --release --target wasm32-unknown-unknown --no-default-features --test web
+  log "the page end to end (Playwright + Chromium)"
+  build_wasm
+  node --test --test-concurrency=1 tests/e2e/
 }
 
 case "${1:-}" in
   "") setup; demo ;;
   test) setup; run_tests ;;
+  site) shift; setup; build_native; build_wasm; target/release/tuwen site "$@" ;;
+  serve) shift; [ -x target/release/tuwen ] || build_native; serve "$@" ;;
   setup) setup ;;
   wasm) setup; build_wasm ;;
-  *) echo "usage: ./build.sh [test|setup|wasm]" >&2; exit 2 ;;
+  *) echo "usage: ./build.sh [test|site --model M --pairs CSV --images DIR --out DIR|serve [DIR]|setup|wasm]" >&2; exit 2 ;;
 esac

@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+
+RANDOM_LABEL = "random weights: the tiny test fixture of scripts/make_fixtures.py (seeded)"
 from transformers import BertTokenizer, ChineseCLIPConfig, ChineseCLIPModel
 from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
 
@@ -142,6 +144,9 @@ def main():
             std = 1.0 / np.sqrt(fan_in) if p.dim() > 1 else 0.1
             p.copy_(torch.randn_like(p) * std + (1.0 if "norm" in name.lower() and name.endswith("weight") else 0.0))
     model.save_pretrained(tiny)
+    # Label the fixture as random, like `tuwen init-random` does: every output made from it must say so.
+    weights = load_file(tiny / "model.safetensors")
+    save_file(weights, tiny / "model.safetensors", metadata={"format": "pt", "tuwen.random_weights": RANDOM_LABEL})
     shutil.copy(REAL / "preprocessor_config.json", tiny / "preprocessor_config.json")
     tiny_bin = OUT / "tiny-bin"
     tiny_bin.mkdir(exist_ok=True)

@@ -14,6 +14,10 @@ pub mod model;
 pub mod preprocess;
 pub mod quantize;
 pub mod search;
+#[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
+pub mod serve;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod site;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod tasks;
 pub mod teddy;

@@ -262,3 +262,91 @@ pub fn quantize_dir(dir: &std::path::Path, dtype: QuantDtype, towers: Towers, ou
     crate::util::write_atomic(out, &bytes)?;
     Ok(bytes.len() as u64)
 }
+
+/// The towers a tuwen GGUF holds, read from its metadata only (no tensor data).
+pub fn gguf_towers(content: &gguf_file::Content) -> Result<Towers> {
+    match content.metadata.get(KEY_TOWER) {
+        Some(gguf_file::Value::String(s)) => s.parse().map_err(|e: String| anyhow!(e)),
+        _ => bail!("not a tuwen model GGUF: no {KEY_TOWER} (make one with `tuwen quantize`)"),
+    }
+}
+
+/// A GGUF holding only `towers`, cut from a tuwen GGUF that holds them (and maybe more): the page
+/// fetches one tower per query type. Tensors are copied as stored, never re-quantized.
+pub fn extract_towers(bytes: &[u8], towers: Towers) -> Result<Vec<u8>> {
+    let mut reader = std::io::Cursor::new(bytes);
+    let content =
+        gguf_file::Content::read(&mut reader).map_err(|e| anyhow!("not a readable GGUF file (truncated or foreign): {e}"))?;
+    let have = gguf_towers(&content)?;
+    if have == towers {
+        return Ok(bytes.to_vec());
+    }
+    if (towers.text() && !have.text()) || (towers.vision() && !have.vision()) {
+        bail!("this GGUF holds the {} tower only; the {} tower cannot be cut from it", have.name(), towers.name());
+    }
+    // Sorted, so the same input always gives the same bytes (and the same cache key on the page).
+    let mut names: Vec<&String> = content.tensor_infos.keys().filter(|n| wanted(n, towers)).collect();
+    names.sort();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let t = content
+            .tensor(&mut reader, name, &Device::Cpu)
+            .map_err(|e| anyhow!("tensor {name}: {e} (the file is truncated or damaged)"))?;
+        tensors.push((name.as_str(), t));
+    }
+    let mut metadata: Vec<(&str, gguf_file::Value)> =
+        content.metadata.iter().filter(|(k, _)| k.as_str() != KEY_TOWER).map(|(k, v)| (k.as_str(), v.clone())).collect();
+    metadata.push((KEY_TOWER, gguf_file::Value::String(towers.name().to_string())));
+    metadata.sort_by(|a, b| a.0.cmp(b.0));
+    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
+    let mut out = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut out, &metadata, &tensors)?;
+    Ok(out.into_inner())
+}
+
+/// `tuwen quantize` on a GGUF: cut the towers out of it (the dtype cannot change: re-quantizing
+/// quantized weights would compound the error, so quantize from the HF directory instead).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn extract_file(model: &std::path::Path, dtype: QuantDtype, towers: Towers, out: &std::path::Path) -> Result<u64> {
+    let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
+    let stored = {
+        let content = gguf_file::Content::read(&mut std::io::Cursor::new(&bytes))
+            .map_err(|e| anyhow!("{}: not a readable GGUF file (truncated or foreign): {e}", model.display()))?;
+        match content.metadata.get(KEY_DTYPE) {
+            Some(gguf_file::Value::String(s)) => s.clone(),
+            _ => bail!("{}: not a tuwen model GGUF: no {KEY_DTYPE}", model.display()),
+        }
+    };
+    if stored != dtype.name() {
+        bail!(
+            "{} is already quantized to {stored}; making {} from it would quantize twice: run `tuwen quantize` on the HF model directory",
+            model.display(),
+            dtype.name()
+        );
+    }
+    let cut = extract_towers(&bytes, towers).with_context(|| model.display().to_string())?;
+    crate::Encoder::from_gguf_bytes(&cut, towers).context("the extracted model does not load")?;
+    crate::util::write_atomic(out, &cut)?;
+    Ok(cut.len() as u64)
+}
+
+/// What a tuwen GGUF is, from its metadata alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufSummary {
+    pub towers: Towers,
+    pub dtype: String,
+    pub fingerprint: String,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub fn gguf_summary(path: &std::path::Path) -> Result<GgufSummary> {
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?);
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| anyhow!("{}: not a readable GGUF file (truncated or foreign): {e}", path.display()))?;
+    let text = |key: &str| match content.metadata.get(key) {
+        Some(gguf_file::Value::String(s)) => Ok(s.clone()),
+        _ => Err(anyhow!("{}: not a tuwen model GGUF: no {key} (make one with `tuwen quantize`)", path.display())),
+    };
+    Ok(GgufSummary { towers: gguf_towers(&content)?, dtype: text(KEY_DTYPE)?, fingerprint: text(KEY_FINGERPRINT)? })
+}

@@ -84,6 +84,19 @@ fn check_ids(rows: &[Row], column: &str) -> Result<()> {
 
 /// `(id, caption)` pairs from a CSV with columns `id_column` and `caption`.
 pub fn read_captions(path: &Path, id_column: &str) -> Result<Vec<(String, String)>> {
+    Ok(caption_rows(path, id_column)?.into_iter().map(|r| (r.fields[0].trim().to_string(), r.fields[1].clone())).collect())
+}
+
+/// A gallery of `image_id,caption` pairs whose images must all be files in `images`.
+pub fn read_pairs(path: &Path, images: &Path) -> Result<Vec<(String, String)>> {
+    let rows = caption_rows(path, "image_id")?;
+    let ids: Vec<(u64, String)> = rows.iter().map(|r| (r.line, r.fields[0].trim().to_string())).collect();
+    check_files(path, images, &ids)?;
+    Ok(rows.into_iter().map(|r| (r.fields[0].trim().to_string(), r.fields[1].clone())).collect())
+}
+
+/// Rows `[id, caption]` with unique non-empty ids and non-empty captions.
+fn caption_rows(path: &Path, id_column: &str) -> Result<Vec<Row>> {
     let rows = read_columns(path, &[id_column, "caption"])?;
     check_ids(&rows, id_column).with_context(|| format!("{}", path.display()))?;
     for row in &rows {
@@ -91,7 +104,7 @@ pub fn read_captions(path: &Path, id_column: &str) -> Result<Vec<(String, String
             bail!("{}: line {}: empty caption for {:?}", path.display(), row.line, row.fields[0]);
         }
     }
-    Ok(rows.into_iter().map(|r| (r.fields[0].trim().to_string(), r.fields[1].clone())).collect())
+    Ok(rows)
 }
 
 /// Image ids from a CSV column `image_id`, each checked to exist as a file in `images`.

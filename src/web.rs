@@ -1,5 +1,8 @@
-//! The wasm-bindgen shell: the page's worker loads a model from bytes and embeds texts and images.
+//! The wasm-bindgen shell: the page's worker loads a model and bundles from bytes, embeds queries and
+//! searches the galleries.
 
+use crate::bundle::{Bundle, Kind};
+use crate::search::top_k;
 use crate::{Encoder, Towers};
 use wasm_bindgen::prelude::*;
 
@@ -51,9 +54,91 @@ impl WasmEncoder {
         self.inner.embed_image_bytes(bytes, name).map_err(js_error)
     }
 
-    /// `{source, random_weights, projection_dim}`: the page shows a warning when `random_weights` is set.
+    /// `sha256:…` of the weights this model was made from: bundles made with another model are refused.
+    #[wasm_bindgen(getter)]
+    pub fn fingerprint(&self) -> Result<String, JsError> {
+        Ok(self.inner.stamp().map_err(js_error)?.fingerprint)
+    }
+
+    /// `{source, random_weights, projection_dim, dtype}`: the page shows a warning when `random_weights` is set.
     #[wasm_bindgen(getter)]
     pub fn info(&self) -> Result<JsValue, JsError> {
         serde_wasm_bindgen::to_value(&self.inner.info).map_err(|e| JsError::new(&e.to_string()))
+    }
+}
+
+/// An embedding bundle (`tuwen index`) held in wasm memory, searched by exact cosine top-k.
+#[wasm_bindgen]
+pub struct WasmGallery {
+    inner: Bundle,
+}
+
+/// One search result: the bundle row and its cosine similarity.
+#[derive(serde::Serialize)]
+struct JsHit {
+    index: usize,
+    score: f32,
+}
+
+#[wasm_bindgen]
+impl WasmGallery {
+    /// Reads bundle bytes; truncated, tampered or foreign files are refused with the reason.
+    #[wasm_bindgen(constructor)]
+    pub fn new(bytes: Vec<u8>) -> Result<WasmGallery, JsError> {
+        Ok(Self { inner: Bundle::from_bytes(bytes).map_err(js_error)? })
+    }
+
+    /// "image" or "text".
+    #[wasm_bindgen(getter)]
+    pub fn kind(&self) -> String {
+        match self.inner.header.kind {
+            Kind::Image => "image".into(),
+            Kind::Text => "text".into(),
+        }
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn count(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// The ids, in row order.
+    #[wasm_bindgen(getter)]
+    pub fn ids(&self) -> Vec<String> {
+        self.inner.ids.clone()
+    }
+
+    /// The captions, in row order (empty for image bundles).
+    #[wasm_bindgen(getter)]
+    pub fn captions(&self) -> Vec<String> {
+        self.inner.captions.clone().unwrap_or_default()
+    }
+
+    /// `{fingerprint, dtype, random_weights?}` of the model that made the embeddings.
+    #[wasm_bindgen(getter)]
+    pub fn model(&self) -> Result<JsValue, JsError> {
+        serde_wasm_bindgen::to_value(&self.inner.header.model).map_err(|e| JsError::new(&e.to_string()))
+    }
+
+    /// Errors unless queries from `encoder` can be compared with this gallery.
+    #[wasm_bindgen(js_name = checkEncoder)]
+    pub fn check_encoder(&self, encoder: &WasmEncoder, what: &str) -> Result<(), JsError> {
+        let stamp = encoder.inner.stamp().map_err(js_error)?;
+        self.inner.check_model(&stamp, what).map_err(js_error)
+    }
+
+    /// The stored embedding of row `index` (to search with a gallery item).
+    pub fn row(&self, index: usize) -> Result<Vec<f32>, JsError> {
+        if index >= self.inner.len() {
+            return Err(JsError::new(&format!("row {index} is out of range (the gallery has {})", self.inner.len())));
+        }
+        Ok(self.inner.row(index))
+    }
+
+    /// The `k` most similar rows to an L2-normalised query: `[{index, score}]`, best first.
+    pub fn search(&self, query: &[f32], k: usize) -> Result<JsValue, JsError> {
+        let hits = top_k(&self.inner.rows(), self.inner.dim(), query, k).map_err(js_error)?;
+        let hits: Vec<JsHit> = hits.into_iter().map(|h| JsHit { index: h.index, score: h.score }).collect();
+        serde_wasm_bindgen::to_value(&hits).map_err(|e| JsError::new(&e.to_string()))
     }
 }

@@ -117,7 +117,7 @@ enum Command {
     },
     /// Write a single-file GGUF model (one tower or both) with quantized weights.
     Quantize {
-        /// HF model directory.
+        /// HF model directory (or a tuwen GGUF to cut one tower out of, same dtype).
         #[arg(long)]
         model: PathBuf,
         /// q8_0 (default), q4_0, q4k or f16 for the linear layers; norms and embeddings stay f32.
@@ -128,6 +128,44 @@ enum Command {
         tower: Towers,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Build the static search site for a gallery of image_id,caption pairs (what `./build.sh site` runs).
+    Site {
+        /// HF model directory (quantized per tower) or a tuwen GGUF holding both towers.
+        #[arg(long)]
+        model: PathBuf,
+        /// CSV with columns image_id,caption (e.g. ImageWordData.csv).
+        #[arg(long)]
+        pairs: PathBuf,
+        /// Folder of the images named by image_id.
+        #[arg(long)]
+        images: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Quantization of the towers when --model is an HF directory.
+        #[arg(long, default_value = "q8_0")]
+        dtype: tuwen::quantize::QuantDtype,
+        /// The page's sources.
+        #[arg(long, default_value = "www")]
+        www: PathBuf,
+        /// The wasm package (wasm-bindgen --target web output).
+        #[arg(long, default_value = "pkg")]
+        pkg: PathBuf,
+    },
+    /// Serve a built site on 127.0.0.1 (any static server works too).
+    Serve {
+        #[arg(long, default_value = "site")]
+        dir: PathBuf,
+        /// 0 picks a free port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Write a small synthetic gallery (pairs.csv + images/) for demos and tests without real data.
+    DemoGallery {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 54)]
+        count: usize,
     },
     /// Download the released model (honours HF_ENDPOINT, e.g. https://hf-mirror.com).
     FetchModel {
@@ -275,9 +313,27 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Command::Quantize { model, dtype, tower, out } => {
-            let bytes = tuwen::quantize::quantize_dir(&model, dtype, tower, &out)?;
+            let bytes = if model.is_file() {
+                tuwen::quantize::extract_file(&model, dtype, tower, &out)?
+            } else {
+                tuwen::quantize::quantize_dir(&model, dtype, tower, &out)?
+            };
             eprintln!("wrote {} ({} tower{}, {}, {:.1} MB)", out.display(), tower.name(), if tower == Towers::Both { "s" } else { "" },
                 dtype.name(), bytes as f64 / 1e6);
+            Ok(())
+        }
+        Command::Site { model, pairs, images, out, dtype, www, pkg } => {
+            let job = tuwen::site::SiteJob { model, pairs, images, out, www, pkg, dtype, progress: true };
+            let report = job.run()?;
+            eprintln!("{report}");
+            Ok(())
+        }
+        Command::Serve { dir, port } => tuwen::serve::serve(&dir, port, |url| {
+            eprintln!("serving {} at {url} (Ctrl-C stops)", dir.display());
+        }),
+        Command::DemoGallery { out, count } => {
+            let pairs = tuwen::site::generate_gallery(&out, count)?;
+            eprintln!("wrote {count} synthetic images and {}", pairs.display());
             Ok(())
         }
         Command::FetchModel { repo, out } => {

@@ -1,0 +1,108 @@
+//! `tuwen serve`: the static site on 127.0.0.1, with the MIME types browsers insist on (wasm streaming
+//! compilation needs `application/wasm`; module scripts need a JavaScript type).
+
+use anyhow::{anyhow, Context, Result};
+use std::path::{Component, Path, PathBuf};
+
+/// The content type for a file name, by extension.
+pub fn mime_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("json") => "application/json",
+        Some("wasm") => "application/wasm",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("webp") => "image/webp",
+        Some("svg") => "image/svg+xml",
+        Some("ico") => "image/x-icon",
+        Some("txt" | "md") => "text/plain; charset=utf-8",
+        Some("csv") => "text/csv; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The file under `root` a request path names, or None when it would leave `root`.
+pub fn resolve(root: &Path, url: &str) -> Option<PathBuf> {
+    let path = url.split(['?', '#']).next().unwrap_or("");
+    let path = percent_decode(path)?;
+    let mut out = root.to_path_buf();
+    for part in Path::new(path.trim_start_matches('/')).components() {
+        match part {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    if out.is_dir() {
+        out.push("index.html");
+    }
+    Some(out)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Serves `root` until the process is stopped. `port` 0 picks a free port; `on_ready` gets the URL.
+pub fn serve(root: &Path, port: u16, on_ready: impl FnOnce(&str)) -> Result<()> {
+    if !root.join("index.html").is_file() {
+        return Err(anyhow!("{} has no index.html: build a site first (./build.sh site … or ./build.sh)", root.display()));
+    }
+    let server = tiny_http::Server::http(("127.0.0.1", port)).map_err(|e| anyhow!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    let addr = server.server_addr().to_ip().context("no IP address")?;
+    on_ready(&format!("http://{addr}/"));
+    for request in server.incoming_requests() {
+        let header = |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("valid header");
+        let response = match resolve(root, request.url()).filter(|p| p.is_file()) {
+            Some(path) => match std::fs::File::open(&path) {
+                Ok(file) => tiny_http::Response::from_file(file)
+                    .with_header(header("Content-Type", mime_type(&path)))
+                    // Let the page's service worker and cache decide; the server never serves stale files.
+                    .with_header(header("Cache-Control", "no-cache"))
+                    .with_header(header("X-Content-Type-Options", "nosniff"))
+                    .boxed(),
+                Err(_) => tiny_http::Response::from_string("cannot read").with_status_code(500).boxed(),
+            },
+            None => tiny_http::Response::from_string("not found").with_status_code(404).boxed(),
+        };
+        let _ = request.respond(response);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_never_leave_the_root() {
+        let root = Path::new("/srv/site");
+        assert_eq!(resolve(root, "/pkg/tuwen.js?v=1"), Some(root.join("pkg/tuwen.js")));
+        assert_eq!(resolve(root, "/thumbnails/%31.jpg"), Some(root.join("thumbnails/1.jpg")));
+        assert_eq!(resolve(root, "/../etc/passwd"), None);
+        assert_eq!(resolve(root, "/a/%2e%2e/%2e%2e/etc/passwd"), None);
+        assert_eq!(resolve(root, "/%zz"), None);
+    }
+
+    #[test]
+    fn wasm_and_modules_get_their_types() {
+        assert_eq!(mime_type(Path::new("pkg/tuwen_bg.wasm")), "application/wasm");
+        assert_eq!(mime_type(Path::new("app.js")), "text/javascript; charset=utf-8");
+        assert_eq!(mime_type(Path::new("models/text.gguf")), "application/octet-stream");
+    }
+}

@@ -1,0 +1,233 @@
+// The page end to end in headless Chromium (playwright-core driving /usr/bin/chromium): a site is built
+// with the real `tuwen site` command from a generated gallery and the tiny random fixture model, served
+// by `tuwen serve`, and every result the page shows is checked against the native CLI on the same files.
+//
+// Needs: target/release/tuwen and pkg/ (./build.sh test builds both). TUWEN_SCREENSHOTS=DIR saves a
+// screenshot of each state (docs/screenshots is made this way).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+import { ROOT, TUWEN, CHROMIUM, chromiumArgs, serve } from './support.mjs';
+
+const work = mkdtempSync(path.join(tmpdir(), 'tuwen-e2e-'));
+const gallery = path.join(work, 'gallery');
+const site = path.join(work, 'site');
+const screenshots = process.env.TUWEN_SCREENSHOTS;
+const K = 10;
+
+let server;
+let browser;
+
+function cliSearch(tower, bundle, query, k) {
+  const model = path.join(site, 'models', `${tower}.gguf`);
+  const args = ['search', '--model', model, '--bundle', path.join(site, 'data', bundle), '-k', String(k), ...query];
+  const out = execFileSync(TUWEN, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  return out.trim().split('\n').map((line) => {
+    const [rank, id, score] = line.split('\t');
+    return { rank: Number(rank), id, score: Number(score) };
+  });
+}
+
+async function snap(page, name) {
+  if (!screenshots) return;
+  mkdirSync(screenshots, { recursive: true });
+  await page.screenshot({ path: path.join(screenshots, `${name}.png`), fullPage: true });
+}
+
+async function openPage(url) {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  page.errors = errors;
+  await page.goto(url);
+  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+  return { context, page };
+}
+
+async function textResults(page) {
+  return page.$$eval('#image-results li.result', (items) =>
+    items.map((li) => ({
+      rank: Number(li.dataset.rank),
+      id: li.querySelector('.id').textContent,
+      score: Number(li.querySelector('.score').textContent),
+      loaded: li.querySelector('img') ? li.querySelector('img').complete && li.querySelector('img').naturalWidth > 0 : false,
+    })),
+  );
+}
+
+async function captionResults(page) {
+  return page.$$eval('#text-results li.result', (items) =>
+    items.map((li) => ({
+      rank: Number(li.dataset.rank),
+      id: li.querySelector('.id').textContent,
+      caption: li.querySelector('.caption').textContent,
+      score: Number(li.querySelector('.score').textContent),
+    })),
+  );
+}
+
+function assertSameRanking(page, cli, what) {
+  assert.equal(page.length, cli.length, `${what}: result count`);
+  page.forEach((hit, i) => {
+    assert.equal(hit.rank, i + 1, `${what}: rank order`);
+    assert.equal(hit.id, cli[i].id, `${what}: rank ${i + 1} differs from the native CLI`);
+    // The page shows 4 decimals; wasm and native q8_0 differ in the last bits of the activations.
+    assert.ok(Math.abs(hit.score - cli[i].score) < 2e-3, `${what}: score ${hit.score} vs native ${cli[i].score}`);
+  });
+}
+
+before(async () => {
+  for (const needed of [TUWEN, path.join(ROOT, 'pkg/tuwen_bg.wasm')]) {
+    if (!existsSync(needed)) throw new Error(`${needed} is missing: run ./build.sh test (it builds the CLI and pkg/)`);
+  }
+  execFileSync(TUWEN, ['demo-gallery', '--out', gallery, '--count', '54'], { stdio: 'inherit' });
+  execFileSync(
+    TUWEN,
+    ['site', '--model', path.join(ROOT, 'tests/fixtures/tiny'), '--pairs', path.join(gallery, 'pairs.csv'),
+      '--images', path.join(gallery, 'images'), '--out', site, '--www', path.join(ROOT, 'www'), '--pkg', path.join(ROOT, 'pkg')],
+    { stdio: 'inherit' },
+  );
+  server = await serve(site);
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: chromiumArgs({ webgpu: true }) });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.stop();
+  rmSync(work, { recursive: true, force: true });
+});
+
+test('the page loads with a progress bar per download, the model card and the random-weights warning', async () => {
+  const { context, page } = await openPage(server.url);
+  const downloads = await page.$$eval('#downloads .download', (rows) =>
+    rows.map((r) => ({ label: r.querySelector('.label').textContent, value: r.querySelector('progress').value, max: r.querySelector('progress').max })),
+  );
+  assert.ok(downloads.length >= 3, `wasm + two bundles at least, got ${JSON.stringify(downloads)}`);
+  for (const d of downloads) assert.equal(d.value, d.max, `${d.label} finished`);
+  assert.equal(await page.isVisible('#random-warning'), true, 'random weights are announced');
+  assert.equal(await page.textContent('#backend'), 'WASM SIMD');
+  assert.match(await page.textContent('#model-card'), /tiny.*q8_0/);
+  assert.match(await page.textContent('footer'), /54 张图片、54 条文字/);
+  await snap(page, '1-loaded');
+  assert.deepEqual(page.errors, []);
+  await context.close();
+});
+
+test('a text query renders ranked thumbnails with scores, identical to the native CLI, and lands in the URL', async () => {
+  const { context, page } = await openPage(server.url);
+  const query = '白色背景上的一个红色圆形';
+  await page.fill('#text-query', query);
+  await page.click('#text-search');
+  await page.waitForFunction((k) => document.querySelectorAll('#image-results li.result').length === k, K);
+  await page.waitForFunction(() => [...document.querySelectorAll('#image-results img')].every((i) => i.complete));
+  const hits = await textResults(page);
+  assertSameRanking(hits, cliSearch('text', 'images.bundle', ['--text', query], K), 'text → image');
+  assert.ok(hits.every((h) => h.loaded), 'every thumbnail loaded');
+  assert.equal(new URL(page.url()).searchParams.get('q'), query);
+  assert.match(await page.textContent('#timings'), /编码 .* ms · 检索 .* ms · 渲染/);
+  await snap(page, '2-text-query');
+  await context.close();
+});
+
+test('an image query (file input) renders ranked captions identical to the native CLI', async () => {
+  const { context, page } = await openPage(server.url);
+  const file = path.join(gallery, 'images', 'demo-0003.jpg');
+  await page.setInputFiles('#image-input', file);
+  await page.waitForFunction((k) => document.querySelectorAll('#text-results li.result').length === k, K);
+  const hits = await captionResults(page);
+  assertSameRanking(hits, cliSearch('vision', 'texts.bundle', ['--image', file], K), 'image → text');
+  assert.ok(hits.every((h) => h.caption.length > 0));
+  assert.equal(await page.locator('#image-results li.result').count(), K, 'similar images too');
+  await snap(page, '3-image-query');
+  await context.close();
+});
+
+test('clicking a result image searches with it; clicking a caption searches images with it', async () => {
+  const { context, page } = await openPage(`${server.url}?q=${encodeURIComponent('蓝色方块')}&k=5`);
+  await page.waitForFunction(() => document.querySelectorAll('#image-results li.result').length === 5);
+  const first = (await textResults(page))[0];
+  await page.click('#image-results li.result >> nth=0 >> button.result-image');
+  await page.waitForFunction(() => new URL(location.href).searchParams.has('image'));
+  await page.waitForFunction(() => document.querySelectorAll('#text-results li.result').length === 5);
+  assert.equal(new URL(page.url()).searchParams.get('image'), first.id);
+  // A gallery image searched with itself comes first among the images.
+  assert.equal((await textResults(page))[0].id, first.id);
+  const caption = (await captionResults(page))[0];
+  await page.click('#text-results li.result >> nth=0 >> button.caption');
+  await page.waitForFunction(() => new URL(location.href).searchParams.has('caption'));
+  assert.equal(new URL(page.url()).searchParams.get('caption'), caption.id);
+  assert.equal(await page.textContent('#query-view q'), caption.caption);
+  await page.waitForFunction(() => document.querySelectorAll('#image-results li.result').length === 5);
+  assert.equal(await page.locator('#text-results li').count(), 0, 'a caption query shows images only');
+  await page.goBack();
+  await page.waitForFunction(() => new URL(location.href).searchParams.has('image'));
+  await context.close();
+});
+
+test('captions are text, never markup: <人名> shows literally and nothing is injected', async () => {
+  const { context, page } = await openPage(`${server.url}?caption=demo-0000.jpg`);
+  await page.waitForSelector('#query-view q');
+  assert.equal(await page.textContent('#query-view q'), '《绿色北京》摄影大赛胡子<人名>作品');
+  assert.ok((await page.textContent('#examples')).includes('<人名>'));
+  await page.goto(`${server.url}?caption=demo-0001.jpg`);
+  await page.waitForSelector('#query-view q');
+  assert.equal(await page.textContent('#query-view q'), '<img src=x onerror="document.body.dataset.injected=1">一张图片');
+  const injected = await page.evaluate(() => ({
+    elements: document.getElementsByTagName('人名').length + document.querySelectorAll('img[src="x"]').length,
+    flag: document.body.dataset.injected ?? null,
+  }));
+  assert.deepEqual(injected, { elements: 0, flag: null });
+  await context.close();
+});
+
+test('unreadable and oversized images get a clear message', async () => {
+  const { context, page } = await openPage(server.url);
+  await page.setInputFiles('#image-input', { name: 'notes.jpg', mimeType: 'image/jpeg', buffer: Buffer.from('not an image at all') });
+  await page.waitForSelector('#error:not([hidden])');
+  assert.match(await page.textContent('#error'), /notes\.jpg: not an image/);
+  await page.setInputFiles('#image-input', { name: 'huge.png', mimeType: 'image/png', buffer: Buffer.alloc(21 * 1024 * 1024) });
+  await page.waitForFunction(() => document.getElementById('error').textContent.includes('图片太大'));
+  await context.close();
+});
+
+test('after one visit the page works offline (service worker + Cache API)', async () => {
+  const own = await serve(site);
+  const { context, page } = await openPage(own.url);
+  await page.evaluate(() => navigator.serviceWorker.ready);
+  await page.waitForFunction(() => navigator.serviceWorker.controller !== null);
+  await page.fill('#text-query', '黄色横条');
+  await page.click('#text-search');
+  await page.waitForFunction(() => document.querySelectorAll('#image-results li.result').length > 0);
+  own.stop();
+  await page.reload();
+  await page.waitForSelector('body[data-ready="true"]', { timeout: 30_000 });
+  const cached = await page.$$eval('#downloads .bytes', (spans) => spans.map((s) => s.textContent));
+  assert.ok(cached.every((t) => t.includes('已缓存')), `everything came from the cache: ${cached}`);
+  await page.fill('#text-query', '黄色横条');
+  await page.click('#text-search');
+  await page.waitForFunction((k) => document.querySelectorAll('#image-results li.result').length === k, K);
+  await context.close();
+});
+
+test('the backend badge tells the truth with and without WebGPU', async () => {
+  const withFlag = await openPage(server.url);
+  const reason = await withFlag.page.textContent('.backend-reason');
+  assert.match(reason, /WebGPU 适配器/, 'the adapter is found and reported');
+  assert.equal(await withFlag.page.getAttribute('#backend', 'data-backend'), 'wasm');
+  await withFlag.context.close();
+  const plain = await chromium.launch({ executablePath: CHROMIUM, args: chromiumArgs({ webgpu: false }) });
+  try {
+    const page = await plain.newPage();
+    await page.goto(server.url);
+    await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+    assert.equal(await page.textContent('#backend'), 'WASM SIMD');
+    assert.match(await page.textContent('.backend-reason'), /没有可用的 WebGPU 适配器|未提供 WebGPU/);
+  } finally {
+    await plain.close();
+  }
+});

@@ -1,0 +1,290 @@
+// The page: talks to the worker (which owns the wasm module), renders results. Every id and caption is
+// inserted as text (textContent), never as HTML: captions like "胡子<人名>作品" show literally.
+
+const MAX_IMAGE_BYTES = 20 * 1024 * 1024;
+const $ = (id) => document.getElementById(id);
+
+const state = { manifest: null, imageIds: [], textIds: [], captions: [], ready: false };
+
+// ---- worker requests -------------------------------------------------------------------------------
+const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+const pending = new Map();
+let nextId = 1;
+
+function ask(type, payload = {}, transfer = []) {
+  const id = nextId++;
+  return new Promise((resolve, reject) => {
+    pending.set(id, { resolve, reject });
+    worker.postMessage({ id, type, ...payload }, transfer);
+  });
+}
+
+worker.onmessage = ({ data }) => {
+  if (data.type === 'progress') return showProgress(data);
+  if (data.type === 'notice') return showNotice(data.message);
+  const request = pending.get(data.id);
+  if (!request) return;
+  pending.delete(data.id);
+  if (data.type === 'error') request.reject(new Error(data.message));
+  else request.resolve(data.result);
+};
+worker.onerror = (e) => showError(`后台线程出错：${e.message || '无法启动（浏览器可能不支持模块 Worker）'}`);
+
+// ---- small DOM helpers -----------------------------------------------------------------------------
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === 'dataset') Object.assign(node.dataset, value);
+    else if (key in node) node[key] = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+const formatBytes = (n) => (n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${(n / 1e3).toFixed(0)} KB`);
+const formatMs = (ms) => (ms >= 100 ? `${ms.toFixed(0)} ms` : `${ms.toFixed(1)} ms`);
+
+function showError(message) {
+  const box = $('error');
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+function showNotice(message) {
+  $('notices').append(el('p', { className: 'notice', textContent: message }));
+}
+
+const bars = new Map();
+function showProgress({ label, loaded, total, cached }) {
+  let bar = bars.get(label);
+  if (!bar) {
+    const progress = el('progress', { max: total, value: 0 });
+    const text = el('span', { className: 'bytes' });
+    const row = el('div', { className: 'download' }, el('span', { className: 'label', textContent: label }), progress, text);
+    $('downloads').append(row);
+    bar = { row, progress, text };
+    bars.set(label, bar);
+  }
+  bar.progress.max = total;
+  bar.progress.value = loaded;
+  bar.text.textContent = cached ? `${formatBytes(total)}（已缓存）` : `${formatBytes(loaded)} / ${formatBytes(total)}`;
+  bar.row.classList.toggle('done', loaded >= total);
+}
+
+// ---- rendering ----------------------------------------------------------------------------------
+const thumbnailUrl = (index) => `${state.manifest.thumbnails}${index}.jpg`;
+const topK = () => Number($('top-k').value);
+
+function renderImages(hits, title) {
+  const section = $('image-results');
+  section.replaceChildren();
+  if (!hits) return;
+  section.append(el('h2', { textContent: title }));
+  const grid = el('ol', { className: 'grid' });
+  hits.forEach((hit, rank) => {
+    const id = state.imageIds[hit.index];
+    const img = el('img', { src: thumbnailUrl(hit.index), alt: id, loading: 'lazy', decoding: 'async' });
+    img.addEventListener('error', () => img.replaceWith(el('span', { className: 'missing', textContent: '（缩略图不可用）' })), { once: true });
+    const button = el('button', { type: 'button', className: 'result-image', title: `用这张图片搜索：${id}` }, img);
+    button.addEventListener('click', () => run({ image: id }));
+    grid.append(
+      el('li', { className: 'result', dataset: { rank: rank + 1 } },
+        button,
+        el('div', { className: 'meta' },
+          el('span', { className: 'rank', textContent: `#${rank + 1}` }),
+          el('span', { className: 'score', textContent: hit.score.toFixed(4) }),
+          el('span', { className: 'id', textContent: id }))),
+    );
+  });
+  section.append(grid);
+}
+
+function renderTexts(hits, title) {
+  const section = $('text-results');
+  section.replaceChildren();
+  if (!hits) return;
+  section.append(el('h2', { textContent: title }));
+  const list = el('ol', { className: 'captions' });
+  hits.forEach((hit, rank) => {
+    const id = state.textIds[hit.index];
+    const caption = el('button', { type: 'button', className: 'caption', textContent: state.captions[hit.index], title: '用这段文字搜索图片' });
+    caption.addEventListener('click', () => run({ caption: id }));
+    list.append(
+      el('li', { className: 'result', dataset: { rank: rank + 1 } },
+        el('span', { className: 'rank', textContent: `#${rank + 1}` }),
+        el('span', { className: 'score', textContent: hit.score.toFixed(4) }),
+        caption,
+        el('span', { className: 'id', textContent: id })),
+    );
+  });
+  section.append(list);
+}
+
+function renderQuery(kind, content) {
+  const view = $('query-view');
+  view.replaceChildren(el('span', { className: 'label', textContent: kind }), content);
+  view.hidden = false;
+}
+
+function renderTimings(t, renderMs) {
+  const parts = [];
+  if (t.load > 1) parts.push(`加载模型 ${formatMs(t.load)}`);
+  if (t.encode > 0) parts.push(`编码 ${formatMs(t.encode)}`);
+  parts.push(`检索 ${formatMs(t.search)}`, `渲染 ${formatMs(renderMs)}`);
+  $('timings').textContent = parts.join(' · ');
+  $('timings').dataset.encodeMs = t.encode.toFixed(2);
+  $('timings').dataset.searchMs = t.search.toFixed(2);
+}
+
+// ---- queries ----------------------------------------------------------------------------------------
+let generation = 0;
+
+// One query: `text`, `image` (a gallery id), `caption` (a gallery caption id) or `file` (a File).
+async function run(query, { push = true } = {}) {
+  if (!state.ready) return;
+  const mine = ++generation;
+  showError('');
+  document.body.classList.add('busy');
+  const k = topK();
+  try {
+    let result;
+    if (query.text !== undefined) {
+      $('text-query').value = query.text;
+      renderQuery('以文搜图', el('q', { textContent: query.text }));
+      result = await ask('text', { text: query.text, k });
+    } else if (query.image !== undefined) {
+      const index = state.imageIds.indexOf(query.image);
+      if (index < 0) throw new Error(`图库中没有图片 ${query.image}`);
+      renderQuery('以图搜文', el('img', { src: thumbnailUrl(index), alt: query.image }));
+      result = await ask('galleryImage', { index, k });
+    } else if (query.caption !== undefined) {
+      const index = state.textIds.indexOf(query.caption);
+      if (index < 0) throw new Error(`图库中没有文本 ${query.caption}`);
+      renderQuery('以文搜图', el('q', { textContent: state.captions[index] }));
+      result = await ask('caption', { index, k });
+    } else if (query.file) {
+      const file = query.file;
+      if (file.size > MAX_IMAGE_BYTES) throw new Error(`图片太大（${formatBytes(file.size)}），上限 ${formatBytes(MAX_IMAGE_BYTES)}`);
+      renderQuery('以图搜文', el('img', { src: URL.createObjectURL(file), alt: file.name }));
+      const bytes = await file.arrayBuffer();
+      result = await ask('image', { bytes, name: file.name || 'pasted image', k }, [bytes]);
+    }
+    if (mine !== generation) return;
+    const t0 = performance.now();
+    renderTexts(result.texts, '最相关的文字');
+    renderImages(result.images, result.texts ? '相似图片' : '最相关的图片');
+    await new Promise(requestAnimationFrame);
+    renderTimings(result.timings, performance.now() - t0);
+    if (push) saveInUrl(query, k);
+  } catch (e) {
+    if (mine === generation) showError(e.message);
+  } finally {
+    if (mine === generation) document.body.classList.remove('busy');
+  }
+}
+
+// The query lives in the URL (?q=…, ?image=…, ?caption=…, &k=…) so a search can be shared.
+function saveInUrl(query, k) {
+  const params = new URLSearchParams();
+  if (query.text !== undefined) params.set('q', query.text);
+  else if (query.image !== undefined) params.set('image', query.image);
+  else if (query.caption !== undefined) params.set('caption', query.caption);
+  else return; // an uploaded file cannot be shared
+  params.set('k', String(k));
+  const url = `${location.pathname}?${params}`;
+  if (url !== `${location.pathname}${location.search}`) history.pushState(null, '', url);
+}
+
+function queryFromUrl() {
+  const params = new URLSearchParams(location.search);
+  const k = params.get('k');
+  if (k && [...$('top-k').options].some((o) => o.value === k)) $('top-k').value = k;
+  if (params.has('q')) return { text: params.get('q') };
+  if (params.has('image')) return { image: params.get('image') };
+  if (params.has('caption')) return { caption: params.get('caption') };
+  return null;
+}
+
+// ---- wiring -------------------------------------------------------------------------------------------
+$('text-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  run({ text: $('text-query').value });
+});
+$('image-input').addEventListener('change', (e) => {
+  const [file] = e.target.files;
+  if (file) run({ file });
+  e.target.value = '';
+});
+const drop = $('image-drop');
+drop.addEventListener('dragover', (e) => {
+  e.preventDefault();
+  drop.classList.add('over');
+});
+drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+drop.addEventListener('drop', (e) => {
+  e.preventDefault();
+  drop.classList.remove('over');
+  const file = [...e.dataTransfer.files].find((f) => f.type.startsWith('image/')) || e.dataTransfer.files[0];
+  if (file) run({ file });
+});
+document.addEventListener('paste', (e) => {
+  const file = [...(e.clipboardData?.files || [])].find((f) => f.type.startsWith('image/'));
+  if (file) run({ file });
+});
+$('top-k').addEventListener('change', () => {
+  const query = queryFromUrl();
+  if (query) run(query);
+});
+window.addEventListener('popstate', () => {
+  const query = queryFromUrl();
+  if (query) run(query, { push: false });
+});
+
+function showModel(manifest, backend) {
+  const badge = $('backend');
+  badge.textContent = backend.name;
+  badge.title = backend.reason;
+  badge.dataset.backend = backend.webgpu ? 'webgpu' : 'wasm';
+  badge.after(el('span', { className: 'backend-reason', textContent: backend.reason }));
+  const m = manifest.model;
+  $('model-card').replaceChildren(
+    el('span', { textContent: m.name }),
+    el('span', { textContent: m.dtype }),
+    el('code', { textContent: m.fingerprint.replace('sha256:', '').slice(0, 12), title: m.fingerprint }),
+  );
+  $('random-warning').hidden = !m.random_weights;
+  if (m.random_weights) $('random-warning').title = m.random_weights;
+  $('gallery-info').textContent = `图库：${manifest.images.count} 张图片、${manifest.texts.count} 条文字`;
+  const examples = $('examples');
+  for (const text of manifest.examples) {
+    const chip = el('button', { type: 'button', className: 'chip', textContent: text });
+    chip.addEventListener('click', () => run({ text }));
+    examples.append(chip);
+  }
+}
+
+async function main() {
+  if ('serviceWorker' in navigator) {
+    navigator.serviceWorker.register('sw.js').catch((e) => showNotice(`离线模式不可用：${e.message}`));
+  }
+  try {
+    const started = performance.now();
+    const init = await ask('init');
+    state.manifest = init.manifest;
+    state.imageIds = init.images.ids;
+    state.textIds = init.texts.ids;
+    state.captions = init.texts.captions;
+    showModel(init.manifest, init.backend);
+    state.ready = true;
+    for (const id of ['text-query', 'text-search', 'image-input']) $(id).disabled = false;
+    document.body.dataset.ready = 'true';
+    document.body.dataset.readyMs = (performance.now() - started).toFixed(0);
+    const query = queryFromUrl();
+    if (query) await run(query, { push: false });
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+main();

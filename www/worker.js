@@ -1,0 +1,225 @@
+// The worker owns the wasm module: it downloads (with progress) and caches the model towers and the
+// bundles, embeds queries and searches, so the page never freezes while a model loads or runs.
+import init, { WasmEncoder, WasmGallery } from './pkg/tuwen.js';
+
+// Versioned URLs (…?v=<sha256>) are immutable: one cache for all of them, old versions pruned.
+const ASSET_CACHE = 'tuwen-assets-v1';
+
+let manifest = null;
+let backend = null;
+const galleries = {}; // images / texts → WasmGallery
+const encoders = {}; // text / vision → Promise<WasmEncoder>
+
+const post = (message) => self.postMessage(message);
+const now = () => performance.now();
+
+class UserError extends Error {}
+
+function versionedUrl(asset) {
+  return new URL(`${asset.url}?v=${asset.sha256.slice(0, 16)}`, self.location.href).href;
+}
+
+async function openCache() {
+  try {
+    return await caches.open(ASSET_CACHE);
+  } catch (e) {
+    post({ type: 'notice', level: 'warning', message: `浏览器拒绝了本地存储（${e.message}）：下载内容不会被缓存，下次打开需重新下载。` });
+    return null;
+  }
+}
+
+async function sha256Hex(bytes) {
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+// Downloads one asset with progress events, verifies its hash, and keeps it in the Cache API.
+async function fetchAsset(asset, label) {
+  const url = versionedUrl(asset);
+  const cache = await openCache();
+  if (cache) {
+    const hit = await cache.match(url);
+    if (hit) {
+      const bytes = new Uint8Array(await hit.arrayBuffer());
+      if (bytes.length === asset.bytes) {
+        post({ type: 'progress', label, loaded: bytes.length, total: asset.bytes, cached: true });
+        return bytes;
+      }
+      await cache.delete(url);
+    }
+  }
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (e) {
+    throw new UserError(`无法下载 ${asset.url}（离线且尚未缓存？）：${e.message}`);
+  }
+  if (!response.ok) throw new UserError(`下载 ${asset.url} 失败：HTTP ${response.status}`);
+  let bytes;
+  try {
+    bytes = new Uint8Array(asset.bytes);
+  } catch (e) {
+    throw new UserError(`浏览器拒绝为 ${label} 分配 ${(asset.bytes / 1e6).toFixed(0)} MB 内存：请关闭其他标签页后重试。`);
+  }
+  const reader = response.body.getReader();
+  let loaded = 0;
+  let lastPost = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (loaded + value.length > bytes.length) throw new UserError(`${asset.url} 比清单所写的 ${asset.bytes} 字节更大：站点不一致，请重新构建。`);
+    bytes.set(value, loaded);
+    loaded += value.length;
+    if (now() - lastPost > 50) {
+      post({ type: 'progress', label, loaded, total: asset.bytes });
+      lastPost = now();
+    }
+  }
+  if (loaded !== asset.bytes) throw new UserError(`${asset.url} 下载不完整（${loaded} / ${asset.bytes} 字节）`);
+  if ((await sha256Hex(bytes)) !== asset.sha256) throw new UserError(`${asset.url} 校验失败（sha256 不符）：文件已损坏或站点不一致。`);
+  post({ type: 'progress', label, loaded, total: asset.bytes });
+  if (cache) {
+    try {
+      await cache.put(url, new Response(bytes, { headers: { 'Content-Type': 'application/octet-stream' } }));
+      const path = new URL(url).pathname;
+      for (const request of await cache.keys()) {
+        if (new URL(request.url).pathname === path && request.url !== url) await cache.delete(request);
+      }
+    } catch (e) {
+      post({ type: 'notice', level: 'warning', message: `存储空间不足，${label} 未能缓存（${e.name}）：下次打开需重新下载。` });
+    }
+  }
+  return bytes;
+}
+
+function explainLoadFailure(e, what) {
+  const message = String(e && e.message ? e.message : e);
+  if (e instanceof RangeError || /memory|allocat|unreachable/i.test(message)) {
+    return new UserError(`浏览器内存不足，无法加载${what}（${message}）：请关闭其他标签页，或换用内存更大的设备。`);
+  }
+  return e;
+}
+
+// WebGPU is detected and reported; this build runs the encoders on WASM SIMD (the WebGPU kernels are
+// not part of it), and the page says so instead of implying otherwise.
+async function detectBackend() {
+  let reason;
+  if (!('gpu' in navigator) || !navigator.gpu) {
+    reason = '此浏览器未提供 WebGPU';
+  } else {
+    let adapter = null;
+    try {
+      adapter = await navigator.gpu.requestAdapter();
+    } catch (e) {
+      reason = `WebGPU 适配器请求失败：${e.message}`;
+    }
+    if (!reason) {
+      reason = adapter ? '检测到 WebGPU 适配器，但此版本的编码器尚无 WebGPU 内核' : '没有可用的 WebGPU 适配器';
+    }
+  }
+  return { name: 'WASM SIMD', webgpu: false, reason };
+}
+
+async function start() {
+  const response = await fetch('manifest.json', { cache: 'no-cache' }).catch((e) => {
+    throw new UserError(`无法读取站点清单 manifest.json：${e.message}`);
+  });
+  if (!response.ok) throw new UserError(`无法读取站点清单 manifest.json：HTTP ${response.status}`);
+  manifest = await response.json();
+  if (manifest.version !== 1) throw new UserError(`不支持的站点清单版本 ${manifest.version}`);
+  const wasm = await fetchAsset(manifest.wasm, 'WebAssembly 模块');
+  try {
+    await init({ module_or_path: wasm });
+  } catch (e) {
+    throw new UserError(`WebAssembly 模块无法启动（需要支持 WASM SIMD 的浏览器：Chrome 91+、Firefox 89+、Safari 16.4+）：${e.message}`);
+  }
+  backend = await detectBackend();
+  const [images, texts] = await Promise.all([
+    fetchAsset(manifest.images.bundle, '图片索引'),
+    fetchAsset(manifest.texts.bundle, '文本索引'),
+  ]);
+  galleries.images = new WasmGallery(images);
+  galleries.texts = new WasmGallery(texts);
+  return {
+    manifest,
+    backend,
+    images: { ids: galleries.images.ids },
+    texts: { ids: galleries.texts.ids, captions: galleries.texts.captions },
+  };
+}
+
+function encoder(tower) {
+  if (!encoders[tower]) {
+    encoders[tower] = (async () => {
+      const label = tower === 'text' ? '文本编码器' : '图像编码器';
+      const bytes = await fetchAsset(manifest.towers[tower], label);
+      let model;
+      try {
+        model = WasmEncoder.fromGguf(bytes, tower);
+      } catch (e) {
+        throw explainLoadFailure(e, label);
+      }
+      const gallery = tower === 'text' ? galleries.images : galleries.texts;
+      gallery.checkEncoder(model, `${tower === 'text' ? '图片' : '文本'}索引`);
+      return model;
+    })();
+    encoders[tower].catch(() => delete encoders[tower]);
+  }
+  return encoders[tower];
+}
+
+// Runs `embed` with the tower loaded (timing the load separately), then searches.
+async function timed(tower, embed) {
+  const t0 = now();
+  const model = await encoder(tower);
+  const t1 = now();
+  const query = embed(model);
+  const t2 = now();
+  return { query, timings: { load: t1 - t0, encode: t2 - t1 } };
+}
+
+function search(gallery, query, k) {
+  const t = now();
+  const hits = galleries[gallery].search(query, k);
+  return { hits, ms: now() - t };
+}
+
+const handlers = {
+  init: start,
+  async text({ text, k }) {
+    if (!text.trim()) throw new UserError('请输入要搜索的文字');
+    const { query, timings } = await timed('text', (m) => m.embedText(text));
+    const images = search('images', query, k);
+    return { images: images.hits, timings: { ...timings, search: images.ms } };
+  },
+  async image({ bytes, name, k }) {
+    const { query, timings } = await timed('vision', (m) => m.embedImage(new Uint8Array(bytes), name));
+    const texts = search('texts', query, k);
+    const images = search('images', query, k);
+    return { texts: texts.hits, images: images.hits, timings: { ...timings, search: texts.ms + images.ms } };
+  },
+  // A gallery image or caption as the query: its stored embedding, no encoder needed.
+  async galleryImage({ index, k }) {
+    const query = galleries.images.row(index);
+    const texts = search('texts', query, k);
+    const images = search('images', query, k);
+    return { texts: texts.hits, images: images.hits, timings: { load: 0, encode: 0, search: texts.ms + images.ms } };
+  },
+  async caption({ index, k }) {
+    const query = galleries.texts.row(index);
+    const images = search('images', query, k);
+    return { images: images.hits, timings: { load: 0, encode: 0, search: images.ms } };
+  },
+};
+
+self.onmessage = async ({ data }) => {
+  const { id, type } = data;
+  try {
+    const handler = handlers[type];
+    if (!handler) throw new Error(`unknown request ${type}`);
+    post({ id, type: 'result', result: await handler(data) });
+  } catch (e) {
+    console.error(e);
+    post({ id, type: 'error', message: String(e && e.message ? e.message : e) });
+  }
+};
