@@ -59,7 +59,9 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// Serves `root` until the process is stopped. `port` 0 picks a free port; `on_ready` gets the URL.
-pub fn serve(root: &Path, port: u16, on_ready: impl FnOnce(&str)) -> Result<()> {
+/// `isolated` adds the COOP/COEP headers that make a page cross-origin isolated (needed by wasm threads,
+/// e.g. multi-threaded onnxruntime-web in the benchmarks; tuwen's page does not need them).
+pub fn serve(root: &Path, port: u16, isolated: bool, on_ready: impl FnOnce(&str)) -> Result<()> {
     if !root.join("index.html").is_file() {
         return Err(anyhow!("{} has no index.html: build a site first (./build.sh site … or ./build.sh)", root.display()));
     }
@@ -70,12 +72,18 @@ pub fn serve(root: &Path, port: u16, on_ready: impl FnOnce(&str)) -> Result<()> 
         let header = |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("valid header");
         let response = match resolve(root, request.url()).filter(|p| p.is_file()) {
             Some(path) => match std::fs::File::open(&path) {
-                Ok(file) => tiny_http::Response::from_file(file)
-                    .with_header(header("Content-Type", mime_type(&path)))
-                    // Let the page's service worker and cache decide; the server never serves stale files.
-                    .with_header(header("Cache-Control", "no-cache"))
-                    .with_header(header("X-Content-Type-Options", "nosniff"))
-                    .boxed(),
+                Ok(file) => {
+                    let mut response = tiny_http::Response::from_file(file)
+                        .with_header(header("Content-Type", mime_type(&path)))
+                        // Let the page's service worker and cache decide; the server never serves stale files.
+                        .with_header(header("Cache-Control", "no-cache"))
+                        .with_header(header("X-Content-Type-Options", "nosniff"));
+                    if isolated {
+                        response.add_header(header("Cross-Origin-Opener-Policy", "same-origin"));
+                        response.add_header(header("Cross-Origin-Embedder-Policy", "require-corp"));
+                    }
+                    response.boxed()
+                }
                 Err(_) => tiny_http::Response::from_string("cannot read").with_status_code(500).boxed(),
             },
             None => tiny_http::Response::from_string("not found").with_status_code(404).boxed(),

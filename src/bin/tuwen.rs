@@ -159,6 +159,9 @@ enum Command {
         /// 0 picks a free port.
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// Send COOP/COEP headers (cross-origin isolation, for pages that use wasm threads).
+        #[arg(long)]
+        isolated: bool,
     },
     /// Write a small synthetic gallery (pairs.csv + images/) for demos and tests without real data.
     DemoGallery {
@@ -328,7 +331,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             eprintln!("{report}");
             Ok(())
         }
-        Command::Serve { dir, port } => tuwen::serve::serve(&dir, port, |url| {
+        Command::Serve { dir, port, isolated } => tuwen::serve::serve(&dir, port, isolated, |url| {
             eprintln!("serving {} at {url} (Ctrl-C stops)", dir.display());
         }),
         Command::DemoGallery { out, count } => {

@@ -3,7 +3,7 @@
 // by `tuwen serve`, and every result the page shows is checked against the native CLI on the same files.
 //
 // Needs: target/release/tuwen and pkg/ (./build.sh test builds both). TUWEN_SCREENSHOTS=DIR saves a
-// screenshot of each state (docs/screenshots is made this way).
+// screenshot of each state (docs/screenshots is made this way, with a CJK font installed: fonts-wqy-microhei).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -35,6 +35,9 @@ function cliSearch(tower, bundle, query, k) {
 async function snap(page, name) {
   if (!screenshots) return;
   mkdirSync(screenshots, { recursive: true });
+  // Full-page shots include images below the fold, which lazy loading has not fetched yet.
+  await page.evaluate(() => document.querySelectorAll('img').forEach((i) => { i.loading = 'eager'; }));
+  await page.waitForFunction(() => [...document.images].every((i) => i.complete));
   await page.screenshot({ path: path.join(screenshots, `${name}.png`), fullPage: true });
 }
 

@@ -15,9 +15,10 @@ export function chromiumArgs({ webgpu }) {
   return args;
 }
 
-// Starts `tuwen serve --dir dir --port 0`; resolves to { url, stop } once it listens.
-export function serve(dir) {
-  const child = spawn(TUWEN, ['serve', '--dir', dir, '--port', '0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+// Starts `tuwen serve --dir dir --port 0 [--isolated]`; resolves to { url, stop } once it listens.
+export function serve(dir, { isolated = false } = {}) {
+  const args = ['serve', '--dir', dir, '--port', '0', ...(isolated ? ['--isolated'] : [])];
+  const child = spawn(TUWEN, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   return new Promise((resolve, reject) => {
     let log = '';
     child.stderr.on('data', (chunk) => {
