@@ -16,6 +16,20 @@ struct Cli {
     command: Command,
 }
 
+/// A model and a gallery of image_id,caption pairs.
+#[derive(clap::Args)]
+struct PairsArgs {
+    /// HF model directory, or a tuwen GGUF (`site`: holding both towers).
+    #[arg(long)]
+    model: PathBuf,
+    /// CSV with columns image_id,caption (e.g. ImageWordData.csv).
+    #[arg(long)]
+    pairs: PathBuf,
+    /// Folder of the images named by image_id.
+    #[arg(long)]
+    images: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Print one JSON line per input: {"kind","input","embedding"}, in the order given.
@@ -103,12 +117,8 @@ enum Command {
     },
     /// Recall@1/5/10 both ways over image_id,caption pairs (e.g. ImageWordData.csv).
     Eval {
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long)]
-        pairs: PathBuf,
-        #[arg(long)]
-        images: PathBuf,
+        #[command(flatten)]
+        gallery: PairsArgs,
         /// Also write {"text_to_image":{…},"image_to_text":{…},"mean_recall":…,"n":…} here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -131,15 +141,8 @@ enum Command {
     },
     /// Build the static search site for a gallery of image_id,caption pairs (what `./build.sh site` runs).
     Site {
-        /// HF model directory (quantized per tower) or a tuwen GGUF holding both towers.
-        #[arg(long)]
-        model: PathBuf,
-        /// CSV with columns image_id,caption (e.g. ImageWordData.csv).
-        #[arg(long)]
-        pairs: PathBuf,
-        /// Folder of the images named by image_id.
-        #[arg(long)]
-        images: PathBuf,
+        #[command(flatten)]
+        gallery: PairsArgs,
         #[arg(long)]
         out: PathBuf,
         /// Quantization of the towers when --model is an HF directory.
@@ -305,7 +308,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             eprintln!("wrote {} ({n} images × {} texts each)", out.display(), tuwen::teddy::RESULTS_PER_QUERY);
             Ok(())
         }
-        Command::Eval { model, pairs, images, json, job } => {
+        Command::Eval { gallery: PairsArgs { model, pairs, images }, json, job } => {
             let encoder = load(&model, Towers::Both)?;
             let opts = job.options(&PathBuf::from("tuwen-eval"));
             let report = tuwen::tasks::eval(&encoder, &pairs, &images, &opts)?;
@@ -325,7 +328,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 dtype.name(), bytes as f64 / 1e6);
             Ok(())
         }
-        Command::Site { model, pairs, images, out, dtype, www, pkg } => {
+        Command::Site { gallery: PairsArgs { model, pairs, images }, out, dtype, www, pkg } => {
             let job = tuwen::site::SiteJob { model, pairs, images, out, www, pkg, dtype, progress: true };
             let report = job.run()?;
             eprintln!("{report}");
