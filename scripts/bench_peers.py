@@ -67,10 +67,8 @@ def main():
     print("|---|---|---|---|---|---|")
 
     model = ChineseCLIPModel.from_pretrained(MODEL).eval()
-    t = lambda enc: torch.from_numpy(enc["input_ids"]), torch.from_numpy(enc["attention_mask"])
-
     def torch_text(enc):
-        ids, mask = t(enc)
+        ids, mask = torch.from_numpy(enc["input_ids"]), torch.from_numpy(enc["attention_mask"])
         h = model.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
         return model.text_projection(h[:, 0, :])
 

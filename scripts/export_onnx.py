@@ -51,7 +51,8 @@ def main(model_dir: str, out: str) -> None:
     }
     for name, (module, inputs, names) in towers.items():
         fp32 = out_dir / f"{name}.onnx"
-        axes = {n: {0: "batch"} for n in names} | {"embedding": {0: "batch"}}
+        # Texts are padded to the longest of their batch (as tuwen does), so the length is dynamic too.
+        axes = {n: ({0: "batch", 1: "tokens"} if name == "text" else {0: "batch"}) for n in names} | {"embedding": {0: "batch"}}
         with torch.no_grad():
             torch.onnx.export(module, inputs, fp32, input_names=names, output_names=["embedding"],
                               dynamic_axes=axes, opset_version=17, dynamo=False)
