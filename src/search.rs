@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Hit {
     /// Row in the bundle.
     pub index: usize,

@@ -130,8 +130,14 @@ impl SiteJob {
             std::fs::remove_file(&manifest_path).with_context(|| format!("removing {}", manifest_path.display()))?;
         }
 
-        let text_gguf = self.tower_gguf(Towers::Text)?;
-        let vision_gguf = self.tower_gguf(Towers::Vision)?;
+        // Hashing an HF checkpoint reads the whole weights file: once per run.
+        let fingerprint = if self.model.is_file() {
+            crate::quantize::gguf_summary(&self.model)?.fingerprint
+        } else {
+            crate::weights::fingerprint_file(&crate::weights::ModelDir::open(&self.model)?.weights)?
+        };
+        let text_gguf = self.tower_gguf(Towers::Text, &fingerprint)?;
+        let vision_gguf = self.tower_gguf(Towers::Vision, &fingerprint)?;
 
         let opts = JobOptions { work: self.out.join("data"), storage: Storage::Int8, rerank: Rerank::None, progress: self.progress };
         let texts_path = self.out.join("data/texts.bundle");
@@ -185,14 +191,9 @@ impl SiteJob {
 
     /// `models/<tower>.gguf`: quantized from the HF directory, or cut from the given GGUF; reused when
     /// it already holds this model (same fingerprint) in the wanted dtype.
-    fn tower_gguf(&self, tower: Towers) -> Result<PathBuf> {
+    fn tower_gguf(&self, tower: Towers, wanted_fingerprint: &str) -> Result<PathBuf> {
         let out = self.out.join("models").join(format!("{}.gguf", tower.name()));
         let from_gguf = self.model.is_file();
-        let wanted_fingerprint = if from_gguf {
-            crate::quantize::gguf_summary(&self.model)?.fingerprint
-        } else {
-            crate::weights::fingerprint_file(&crate::weights::ModelDir::open(&self.model)?.weights)?
-        };
         if out.is_file() {
             if let Ok(meta) = crate::quantize::gguf_summary(&out) {
                 let dtype_ok = from_gguf || meta.dtype == self.dtype.name();
@@ -214,9 +215,11 @@ impl SiteJob {
     }
 
     fn asset(&self, path: &Path) -> Result<Asset> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+        let fingerprint = crate::weights::fingerprint_file(path)?;
+        let sha256 = fingerprint.trim_start_matches("sha256:").to_string();
         let url = path.strip_prefix(&self.out).unwrap_or(path).to_string_lossy().replace('\\', "/");
-        Ok(Asset { url, bytes: bytes.len() as u64, sha256: crate::bundle::hex(&Sha256::digest(&bytes)) })
+        Ok(Asset { url, bytes, sha256 })
     }
 
     /// `thumbnails/<row>.jpg` for every row of the image bundle; regenerated when the bundle changed.

@@ -73,13 +73,6 @@ pub struct WasmGallery {
     inner: Bundle,
 }
 
-/// One search result: the bundle row and its cosine similarity.
-#[derive(serde::Serialize)]
-struct JsHit {
-    index: usize,
-    score: f32,
-}
-
 #[wasm_bindgen]
 impl WasmGallery {
     /// Reads bundle bytes; truncated, tampered or foreign files are refused with the reason.
@@ -138,7 +131,6 @@ impl WasmGallery {
     /// The `k` most similar rows to an L2-normalised query: `[{index, score}]`, best first.
     pub fn search(&self, query: &[f32], k: usize) -> Result<JsValue, JsError> {
         let hits = top_k(&self.inner.rows(), self.inner.dim(), query, k).map_err(js_error)?;
-        let hits: Vec<JsHit> = hits.into_iter().map(|h| JsHit { index: h.index, score: h.score }).collect();
         serde_wasm_bindgen::to_value(&hits).map_err(|e| JsError::new(&e.to_string()))
     }
 }
