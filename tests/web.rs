@@ -67,7 +67,7 @@ fn wasm_embeddings_equal_native() {
     check(&encoder, &native.f32, 1e-5, 0.99999, "f32");
 }
 
-/// The q8_0 GGUF is made in the browser from the same bytes, then run with candle's simd128 kernels.
+/// The q8_0 GGUF is made in the browser from the same bytes, then run with the simd128 q8_0 kernel.
 #[wasm_bindgen_test]
 fn wasm_quantized_embeddings_equal_native() {
     let native: Native = serde_json::from_str(NATIVE).unwrap();
@@ -87,6 +87,43 @@ fn wasm_quantized_embeddings_equal_native() {
     let text_only = WasmEncoder::from_gguf(&gguf, "text").map_err(|_| "load failed").unwrap();
     assert!(text_only.embed_image(image_bytes("rgb.jpg"), "rgb.jpg").is_err());
     assert!(WasmEncoder::from_gguf(&gguf[..gguf.len() / 2], "both").is_err(), "a truncated GGUF is refused");
+}
+
+/// The simd128 q8_0 kernel against q8_0 arithmetic done the obvious way, on shapes that are not multiples of
+/// the kernel's tiles and row groups.
+#[wasm_bindgen_test]
+fn wasm_q8_kernel_matches_reference() {
+    use tuwen::model::q8::{Q8Matrix, BLOCK};
+    let mut seed = 7u64;
+    let mut random = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    };
+    for (rows, out_dim, in_dim) in [(1, 16, 32), (3, 5, 64), (6, 37, 96), (52, 48, 256)] {
+        let w = Q8Matrix::quantize(out_dim, in_dim, &random(out_dim * in_dim));
+        let (x, bias) = (random(rows * in_dim), random(out_dim));
+        let got = w.matmul(&x, rows, Some(&bias));
+        let wf = w.dequantize();
+        // Activations quantized per 32-block: scale max|x|/127, round to nearest.
+        let xq: Vec<f32> = x
+            .chunks(BLOCK)
+            .flat_map(|b| {
+                let d = b.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                b.iter().map(move |v| if d == 0.0 { 0.0 } else { (v / d).round_ties_even() * d })
+            })
+            .collect();
+        for r in 0..rows {
+            for c in 0..out_dim {
+                let want: f32 = (0..in_dim).map(|k| xq[r * in_dim + k] * wf[c * in_dim + k]).sum::<f32>() + bias[c];
+                let g = got[r * out_dim + c];
+                assert!((g - want).abs() <= 1e-3 * (1.0 + want.abs()), "[{rows}x{in_dim}]·[{out_dim}] ({r},{c}): {g} vs {want}");
+            }
+        }
+    }
 }
 
 #[wasm_bindgen_test]

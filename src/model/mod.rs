@@ -3,6 +3,7 @@
 
 pub mod ops;
 pub mod params;
+pub mod q8;
 pub mod random;
 pub mod text;
 pub mod vision;

@@ -2,7 +2,7 @@
 
 use super::params::{Matrix, Params};
 use crate::config::Activation;
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 
 /// A dense layer `y = x·Wᵀ (+ b)` with the weight in PyTorch's `[out, in]` layout, f32 or quantized.
 #[derive(Debug, Clone)]
@@ -29,12 +29,18 @@ impl Linear {
         let (rows, in_dim) = (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
         let x = x.reshape((rows, in_dim))?;
         let y = match &self.weight {
-            Matrix::Dense(w) => x.matmul(&w.t()?)?,
-            Matrix::Quantized(q) => q.forward(&x)?,
-        };
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+            Matrix::Dense(w) => {
+                let y = x.matmul(&w.t()?)?;
+                match &self.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                }
+            }
+            Matrix::Quantized(q) => {
+                let bias = self.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?;
+                let y = q.matmul(&x.flatten_all()?.to_vec1::<f32>()?, rows, bias.as_deref());
+                Tensor::from_vec(y, (rows, self.out_dim), x.device())?
+            }
         };
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.out_dim;

@@ -1,7 +1,8 @@
 //! Where the towers' parameters come from: an HF checkpoint (f32, through candle's `VarBuilder`) or a
 //! tuwen GGUF (quantized matrices kept packed, everything else dequantized to f32 once).
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use super::q8::Q8Matrix;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use std::collections::HashMap;
@@ -25,7 +26,9 @@ pub struct Params {
 #[derive(Debug, Clone)]
 pub enum Matrix {
     Dense(Tensor),
-    Quantized(QMatMul),
+    /// Every quantized GGUF matrix runs on the q8_0 kernels: q8_0 data is repacked as is; 4-bit data is
+    /// dequantized once and requantized to q8_0 (a smaller download, the same kernels and memory as q8_0).
+    Quantized(Arc<Q8Matrix>),
 }
 
 impl Params {
@@ -84,10 +87,16 @@ impl Params {
             Source::Checkpoint(_) => Ok(Matrix::Dense(self.tensor((out_dim, in_dim), name)?)),
             Source::Gguf(_) => {
                 let q = self.packed(&Shape::from((out_dim, in_dim)), name)?;
-                match q.dtype() {
-                    GgmlDType::F32 => Ok(Matrix::Dense(q.dequantize(&self.device)?)),
-                    _ => Ok(Matrix::Quantized(QMatMul::from_arc(q)?)),
-                }
+                let packed = match q.dtype() {
+                    GgmlDType::F32 => return Ok(Matrix::Dense(q.dequantize(&self.device)?)),
+                    GgmlDType::Q8_0 => Q8Matrix::from_q8_0_bytes(out_dim, in_dim, &q.data()?)
+                        .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", self.path(name))))?,
+                    _ => {
+                        let weights = q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+                        Q8Matrix::quantize(out_dim, in_dim, &weights)
+                    }
+                };
+                Ok(Matrix::Quantized(Arc::new(packed)))
             }
         }
     }

@@ -1,0 +1,39 @@
+//! Runs one encoder in a loop so `perf record` can say where the time goes (a profiling aid, not a test):
+//!
+//!     cargo build --release --example profile_encoders
+//!     perf record -g target/release/examples/profile_encoders <model.gguf|dir> text|vision [batch] [seconds]
+//!
+//! Inputs are fixed and synthetic (52-token texts, mid-grey images) so runs compare across kernels.
+
+use std::time::Instant;
+use tuwen::{Encoder, Towers};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: profile_encoders <model> text|vision [batch] [seconds]";
+    let model = std::path::PathBuf::from(args.get(1).ok_or_else(|| anyhow::anyhow!(usage))?);
+    let tower: Towers = args.get(2).map(String::as_str).unwrap_or("text").parse().map_err(anyhow::Error::msg)?;
+    let batch: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(1);
+    let seconds: f64 = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(5.0);
+    let encoder = Encoder::load(&model, tower)?;
+    let text = "北京冬奥会开幕式上的烟花照亮了国家体育场的夜空，观众们在看台上挥舞着国旗欢呼。".repeat(2);
+    let texts = vec![text.as_str(); batch];
+    let size = encoder.preprocess_config().image_size;
+    let pixels = vec![tuwen::preprocess::Pixels { size, data: (0..3 * size * size).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect() }; batch];
+    let run = || -> anyhow::Result<()> {
+        match tower {
+            Towers::Text => drop(encoder.embed_texts(&texts)?),
+            _ => drop(encoder.embed_pixels(&pixels)?),
+        }
+        Ok(())
+    };
+    run()?;
+    let (start, mut runs) = (Instant::now(), 0);
+    while start.elapsed().as_secs_f64() < seconds {
+        run()?;
+        runs += 1;
+    }
+    let per = start.elapsed().as_secs_f64() / runs as f64;
+    println!("{} batch {batch}: {:.1} ms per batch, {:.1} items/s ({runs} runs)", tower.name(), per * 1e3, batch as f64 / per);
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! The q8_0 tile kernel on AVX-512 VNNI: one `vpdpbusd` multiplies 4 k-values of all 16 columns (u8 weights)
+//! by 4 broadcast activation quants (i8) of one row, summing in i32 lanes, so a block of 32 is 8 instructions
+//! per row; up to 8 rows share every weight load.
+
+use super::{Q8Rows, TileOut, TileView, BLOCK, TILE, TILE_BLOCK_BYTES};
+use std::arch::x86_64::*;
+
+pub fn available() -> bool {
+    use std::sync::OnceLock;
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni")
+    })
+}
+
+/// `super::quantize_block_with_offset` in two registers: the same scale, rounding (to nearest even, the
+/// default MXCSR mode) and offset.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn quantize_block(x: &[f32], q: &mut [i8], scale: &mut f32, offset: &mut i32) {
+    debug_assert!(x.len() == BLOCK && q.len() == BLOCK);
+    let (a, b) = (_mm512_loadu_ps(x.as_ptr()), _mm512_loadu_ps(x.as_ptr().add(16)));
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    let d = amax / 127.0;
+    let inv = _mm512_set1_ps(if d == 0.0 { 0.0 } else { 1.0 / d });
+    let (qa, qb) = (_mm512_cvtps_epi32(_mm512_mul_ps(a, inv)), _mm512_cvtps_epi32(_mm512_mul_ps(b, inv)));
+    _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(qa));
+    _mm_storeu_si128(q.as_mut_ptr().add(16) as *mut __m128i, _mm512_cvtepi32_epi8(qb));
+    *scale = d;
+    *offset = super::OFFSET * _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn tile(w: &TileView, x: &Q8Rows, out: &TileOut) {
+    let mut row = 0;
+    while row + 8 <= x.rows {
+        rows::<8>(w, x, row, out);
+        row += 8;
+    }
+    if row + 4 <= x.rows {
+        rows::<4>(w, x, row, out);
+        row += 4;
+    }
+    while row < x.rows {
+        rows::<1>(w, x, row, out);
+        row += 1;
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
+    let k = x.blocks * BLOCK;
+    let xq = x.quants.as_ptr().add(row0 * k);
+    let mut acc = [_mm512_setzero_ps(); MR];
+    for b in 0..x.blocks {
+        let wq = w.quants.as_ptr().add(b * TILE_BLOCK_BYTES);
+        let mut dots = [_mm512_setzero_si512(); MR];
+        for g in 0..BLOCK / 4 {
+            let weights = _mm512_loadu_si512(wq.add(g * TILE * 4) as *const _);
+            for r in 0..MR {
+                let four = (xq.add(r * k + b * BLOCK + g * 4) as *const i32).read_unaligned();
+                dots[r] = _mm512_dpbusd_epi32(dots[r], weights, _mm512_set1_epi32(four));
+            }
+        }
+        let w_scales = _mm512_loadu_ps(w.scales.as_ptr().add(b * TILE));
+        for r in 0..MR {
+            let i = (row0 + r) * x.blocks + b;
+            let exact = _mm512_sub_epi32(dots[r], _mm512_set1_epi32(x.offsets[i]));
+            let scale = _mm512_mul_ps(w_scales, _mm512_set1_ps(x.scales[i]));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, acc[r]);
+        }
+    }
+    let bias = _mm512_loadu_ps(out.bias.as_ptr());
+    let mask: __mmask16 = if out.columns == TILE { !0 } else { (1 << out.columns) - 1 };
+    for r in 0..MR {
+        _mm512_mask_storeu_ps(out.first.add((row0 + r) * out.stride), mask, _mm512_add_ps(acc[r], bias));
+    }
+}
