@@ -47,6 +47,9 @@ pub struct Q8Rows {
     scales: Vec<f32>,
     /// `[row][block]`: `128 · Σ quants` of the block (the offset's contribution, subtracted per block).
     offsets: Vec<i32>,
+    /// `quants` widened to i16 once, for simd128's i16 dot products.
+    #[cfg(target_arch = "wasm32")]
+    wide: Vec<i16>,
 }
 
 /// Quantizes one block q8_0's way: scale = max |x| / 127, values rounded to nearest (ties to even).
@@ -268,7 +271,17 @@ impl Q8Rows {
             .zip(quants.chunks_exact_mut(BLOCK))
             .zip(scales.iter_mut().zip(offsets.iter_mut()))
             .for_each(block_job);
-        Self { rows, blocks, quants, scales, offsets }
+        #[cfg(target_arch = "wasm32")]
+        let wide = quants.iter().map(|&q| q as i16).collect();
+        Self {
+            rows,
+            blocks,
+            quants,
+            scales,
+            offsets,
+            #[cfg(target_arch = "wasm32")]
+            wide,
+        }
     }
 
     fn row(&self, row: usize) -> &[i8] {

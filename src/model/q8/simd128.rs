@@ -1,7 +1,8 @@
 //! The q8_0 tile kernel on wasm simd128. There is no u8 × i8 dot product, so each 16-byte slice of a group
 //! (4 columns × 4 k-values) is widened to two i16x8 halves and multiplied by the row's 4 activation quants
-//! (widened once, splat to both halves) with `i32x4.dot_i16x8_s`; lanes come out as (column, k-pair) partial
-//! sums, folded into one sum per column at the end of each block. Four rows share every widened weight.
+//! (splat to both halves) with `i32x4.dot_i16x8_s`; lanes come out as (column, k-pair) partial
+//! sums, folded into one sum per column at the end of each block. Four rows share every widened weight, and
+//! activations are widened once per product (`Q8Rows::wide`), so a group's four are one 8-byte splat load.
 
 use super::{Q8Rows, TileOut, TileView, BLOCK, TILE, TILE_BLOCK_BYTES};
 use std::arch::wasm32::*;
@@ -21,15 +22,13 @@ pub fn tile(w: &TileView, x: &Q8Rows, out: &TileOut) {
 #[inline(always)]
 fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
     let k = x.blocks * BLOCK;
-    // Each row's 4 quants of a group, widened to i16 and repeated: [x0 x1 x2 x3 x0 x1 x2 x3].
-    let splat = |r: usize, at: usize| -> v128 {
-        let q = &x.quants[(row0 + r) * k + at..][..4];
-        i16x8(q[0] as i16, q[1] as i16, q[2] as i16, q[3] as i16, q[0] as i16, q[1] as i16, q[2] as i16, q[3] as i16)
-    };
+    let wide = &x.wide[row0 * k..(row0 + MR) * k];
+    // A row's 4 quants of a group (i16) repeated in both halves: [x0 x1 x2 x3 x0 x1 x2 x3].
+    // SAFETY: 8 bytes at a group's start, in bounds of `wide`.
+    let splat = |r: usize, at: usize| unsafe { v128_load64_splat(wide.as_ptr().add(r * k + at) as *const u64) };
     let mut acc = [[f32x4_splat(0.0); 4]; MR];
     for b in 0..x.blocks {
         let wq = &w.quants[b * TILE_BLOCK_BYTES..][..TILE_BLOCK_BYTES];
-        let xs: [[v128; BLOCK / 4]; MR] = std::array::from_fn(|r| std::array::from_fn(|g| splat(r, b * BLOCK + g * 4)));
         for quarter in 0..4 {
             // Lanes: [c0 k01, c0 k23, c1 k01, c1 k23] (low) and the same for c2, c3 (high).
             let mut low = [i32x4_splat(0); MR];
@@ -39,8 +38,9 @@ fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
                 let bytes = unsafe { v128_load(wq.as_ptr().add(g * TILE * 4 + quarter * 16) as *const v128) };
                 let (lo, hi) = (u16x8_extend_low_u8x16(bytes), u16x8_extend_high_u8x16(bytes));
                 for r in 0..MR {
-                    low[r] = i32x4_add(low[r], i32x4_dot_i16x8(lo, xs[r][g]));
-                    high[r] = i32x4_add(high[r], i32x4_dot_i16x8(hi, xs[r][g]));
+                    let xs = splat(r, b * BLOCK + g * 4);
+                    low[r] = i32x4_add(low[r], i32x4_dot_i16x8(lo, xs));
+                    high[r] = i32x4_add(high[r], i32x4_dot_i16x8(hi, xs));
                 }
             }
             // SAFETY: 4 scales of this quarter, in bounds.
