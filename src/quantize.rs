@@ -86,9 +86,14 @@ fn quantizable(name: &str, shape: &[usize]) -> bool {
         && !name.contains("layrnorm")
 }
 
-/// The most compact of `dtype`, q8_0, f16 whose block fits the row length.
-fn storage_for(dtype: QuantDtype, row: usize) -> GgmlDType {
-    [dtype.ggml(), GgmlDType::Q8_0, GgmlDType::F16]
+/// The most compact of `dtype`, q8_0, f16 whose block fits the row length. q4k keeps the text tower's
+/// attention values and attention outputs in q6k (as llama.cpp's Q4_K_M does for its sensitive matrices):
+/// measured on the full-size random model, text cosine to f32 0.9831 → 0.9877 for +3.7 MB (59.3 → 63.0 MB);
+/// the word embeddings in q8_0 instead bought only 0.9838 for +8 MB.
+fn storage_for(dtype: QuantDtype, name: &str, row: usize) -> GgmlDType {
+    let sensitive = name.contains("attention.self.value.") || name.contains("attention.output.dense.");
+    let first = if dtype == QuantDtype::Q4K && sensitive { GgmlDType::Q6K } else { dtype.ggml() };
+    [first, GgmlDType::Q8_0, GgmlDType::F16]
         .into_iter()
         .find(|d| row % d.block_size() == 0)
         .unwrap_or(GgmlDType::F32)
@@ -117,7 +122,7 @@ pub fn to_gguf(
         }
         let tensor = tensor.to_dtype(DType::F32)?;
         let dims = tensor.dims();
-        let target = if quantizable(name, dims) { storage_for(dtype, dims[dims.len() - 1]) } else { GgmlDType::F32 };
+        let target = if quantizable(name, dims) { storage_for(dtype, name, dims[dims.len() - 1]) } else { GgmlDType::F32 };
         let q = QTensor::quantize(&tensor, target).with_context(|| format!("quantizing {name}"))?;
         packed.insert(name, q);
     }

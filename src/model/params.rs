@@ -26,7 +26,7 @@ pub struct Params {
 #[derive(Debug, Clone)]
 pub enum Matrix {
     Dense(Tensor),
-    /// Every quantized GGUF matrix runs on the q8_0 kernels: q8_0 data is repacked as is; 4-bit data is
+    /// Every quantized (integer) GGUF matrix runs on the q8_0 kernels: q8_0 data is repacked as is; 4-bit data is
     /// dequantized once and requantized to q8_0 (a smaller download, the same kernels and memory as q8_0).
     Quantized(Arc<Q8Matrix>),
 }
@@ -88,7 +88,8 @@ impl Params {
             Source::Gguf(_) => {
                 let q = self.packed(&Shape::from((out_dim, in_dim)), name)?;
                 let packed = match q.dtype() {
-                    GgmlDType::F32 => return Ok(Matrix::Dense(q.dequantize(&self.device)?)),
+                    // Float storage stays exact: f32 matmul, not requantized to q8_0.
+                    GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => return Ok(Matrix::Dense(q.dequantize(&self.device)?)),
                     GgmlDType::Q8_0 => Q8Matrix::from_q8_0_bytes(out_dim, in_dim, &q.data()?)
                         .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", self.path(name))))?,
                     _ => {
