@@ -76,11 +76,18 @@ function showProgress({ label, loaded, total, cached }) {
 const thumbnailUrl = (index) => `${state.manifest.thumbnails}${index}.jpg`;
 const topK = () => Number($('top-k').value);
 
-function renderImages(hits, title) {
-  const section = $('image-results');
+// Empties a result section; with hits, titles it and returns it for the list.
+function resultSection(id, hits, title) {
+  const section = $(id);
   section.replaceChildren();
-  if (!hits) return;
+  if (!hits) return null;
   section.append(el('h2', { textContent: title }));
+  return section;
+}
+
+function renderImages(hits, title) {
+  const section = resultSection('image-results', hits, title);
+  if (!section) return;
   const grid = el('ol', { className: 'grid' });
   hits.forEach((hit, rank) => {
     const id = state.imageIds[hit.index];
@@ -101,10 +108,8 @@ function renderImages(hits, title) {
 }
 
 function renderTexts(hits, title) {
-  const section = $('text-results');
-  section.replaceChildren();
-  if (!hits) return;
-  section.append(el('h2', { textContent: title }));
+  const section = resultSection('text-results', hits, title);
+  if (!section) return;
   const list = el('ol', { className: 'captions' });
   hits.forEach((hit, rank) => {
     const id = state.textIds[hit.index];

@@ -1,26 +1,39 @@
 //! The small op set both encoders are written over (candle on CPU, natively and in wasm).
 
 use super::params::{Matrix, Params};
+use super::q8::Q8Matrix;
 use crate::config::Activation;
 use candle_core::{DType, Result, Tensor, D};
+use std::sync::Arc;
 
 /// A dense layer `y = x·Wᵀ (+ b)` with the weight in PyTorch's `[out, in]` layout, f32 or quantized.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Matrix,
+    product: Product,
     out_dim: usize,
-    bias: Option<Tensor>,
+}
+
+/// The weight, with the bias in the form its product adds it.
+#[derive(Debug, Clone)]
+enum Product {
+    /// candle's f32 matmul, then a broadcast add.
+    Dense { weight: Tensor, bias: Option<Tensor> },
+    /// The q8_0 kernel adds the bias as it stores each tile.
+    Quantized { weight: Arc<Q8Matrix>, bias: Option<Vec<f32>> },
 }
 
 impl Linear {
     pub fn load(p: &Params, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
-        let weight = p.matrix(out_dim, in_dim, "weight")?;
         let bias = if bias { Some(p.tensor(out_dim, "bias")?) } else { None };
-        Ok(Self { weight, out_dim, bias })
+        let product = match p.matrix(out_dim, in_dim, "weight")? {
+            Matrix::Dense(weight) => Product::Dense { weight, bias },
+            Matrix::Quantized(weight) => Product::Quantized { weight, bias: bias.map(|b| b.to_vec1()).transpose()? },
+        };
+        Ok(Self { product, out_dim })
     }
 
     pub fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        Ok(Self { out_dim: weight.dim(0)?, weight: Matrix::Dense(weight), bias })
+        Ok(Self { out_dim: weight.dim(0)?, product: Product::Dense { weight, bias } })
     }
 
     /// `x`: `[..., in]` → `[..., out]`.
@@ -28,17 +41,16 @@ impl Linear {
         let dims = x.dims().to_vec();
         let (rows, in_dim) = (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
         let x = x.reshape((rows, in_dim))?;
-        let y = match &self.weight {
-            Matrix::Dense(w) => {
-                let y = x.matmul(&w.t()?)?;
-                match &self.bias {
+        let y = match &self.product {
+            Product::Dense { weight, bias } => {
+                let y = x.matmul(&weight.t()?)?;
+                match bias {
                     Some(b) => y.broadcast_add(b)?,
                     None => y,
                 }
             }
-            Matrix::Quantized(q) => {
-                let bias = self.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?;
-                let y = q.matmul(&x.flatten_all()?.to_vec1::<f32>()?, rows, bias.as_deref());
+            Product::Quantized { weight, bias } => {
+                let y = weight.matmul(&x.flatten_all()?.to_vec1::<f32>()?, rows, bias.as_deref());
                 Tensor::from_vec(y, (rows, self.out_dim), x.device())?
             }
         };

@@ -75,12 +75,6 @@ fn quantize_block(x: &[f32], out: &mut [i8]) -> f32 {
 }
 
 impl Q8Matrix {
-    pub fn out_dim(&self) -> usize {
-        self.out_dim
-    }
-    pub fn in_dim(&self) -> usize {
-        self.in_dim
-    }
     fn tiles(&self) -> usize {
         self.out_dim.div_ceil(TILE)
     }
