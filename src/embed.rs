@@ -1,14 +1,17 @@
 //! Texts and images → L2-normalised embeddings: tokenizer + preprocessing + model, batched.
 
 use crate::config::{ClipConfig, PreprocessConfig};
-use crate::model::{text::batch_tensors, ChineseClip, Towers};
+use crate::model::backend::{BackendChoice, BackendReport};
+use crate::model::{text::pad_batch, Engine, Gpu, Params, Towers};
 use crate::preprocess::{preprocess, Pixels};
 use crate::tokenize::TextTokenizer;
+use crate::util::resolve_now;
 use crate::weights::ModelDir;
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use candle_nn::VarBuilder;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// Texts per forward pass (padded to the longest text of the batch).
 pub const TEXT_BATCH: usize = 32;
@@ -27,8 +30,29 @@ pub struct ModelInfo {
     pub dtype: String,
 }
 
+/// What a constructor read besides the parameters.
+struct Loaded {
+    tokenizer: Option<TextTokenizer>,
+    preprocess: PreprocessConfig,
+    info: ModelInfo,
+    weights_file: Option<std::path::PathBuf>,
+    fingerprint: std::sync::OnceLock<String>,
+}
+
+/// A warning the user should see: stderr natively, the console in the browser.
+fn warn(message: &str) {
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("warning: {message}");
+    #[cfg(target_arch = "wasm32")]
+    web_sys::console::warn_1(&message.into());
+}
+
 pub struct Encoder {
-    model: ChineseClip,
+    engine: Mutex<Arc<Engine>>,
+    /// On the GPU, the parameters again, to move to the CPU if the device is lost.
+    fallback: Option<(Params, ClipConfig, Towers)>,
+    backend: Mutex<BackendReport>,
+    config: ClipConfig,
     tokenizer: Option<TextTokenizer>,
     preprocess: PreprocessConfig,
     pub info: ModelInfo,
@@ -37,14 +61,49 @@ pub struct Encoder {
     fingerprint: std::sync::OnceLock<String>,
 }
 
+/// Where an encoder runs: a GPU opened by [`crate::model::backend::open`], or the CPU, and why.
+pub struct Placement {
+    pub gpu: Option<Gpu>,
+    pub report: BackendReport,
+}
+
+impl Placement {
+    pub fn cpu() -> Self {
+        Self { gpu: None, report: BackendReport { backend: "cpu".into(), detail: "chosen".into() } }
+    }
+
+    /// Resolves `--backend`: natively this does not wait.
+    pub async fn open(choice: BackendChoice) -> Result<Self> {
+        let (gpu, report) = crate::model::backend::open(choice).await?;
+        Ok(Self { gpu, report })
+    }
+}
+
 impl Encoder {
-    /// Loads the requested towers from an HF model directory.
+    fn new(params: Params, config: ClipConfig, towers: Towers, at: Placement, rest: Loaded) -> Result<Self> {
+        let engine = Engine::load(at.gpu.as_ref(), &params, &config, towers)?;
+        let fallback = at.gpu.is_some().then(|| (params, config.clone(), towers));
+        Ok(Self {
+            engine: Mutex::new(Arc::new(engine)),
+            fallback,
+            backend: Mutex::new(at.report),
+            config,
+            tokenizer: rest.tokenizer,
+            preprocess: rest.preprocess,
+            info: rest.info,
+            weights_file: rest.weights_file,
+            fingerprint: rest.fingerprint,
+        })
+    }
+
+    /// Loads the requested towers from an HF model directory, on the CPU.
     pub fn from_dir(dir: &Path, towers: Towers) -> Result<Self> {
+        Self::from_dir_on(dir, towers, Placement::cpu())
+    }
+
+    fn from_dir_on(dir: &Path, towers: Towers, at: Placement) -> Result<Self> {
         let model_dir = ModelDir::open(dir)?;
-        let device = Device::Cpu;
-        let vb = model_dir.var_builder(&device)?;
-        let model = ChineseClip::load(&crate::model::Params::from_var_builder(vb), &model_dir.config, towers)
-            .with_context(|| format!("loading weights from {}", model_dir.weights.display()))?;
+        let vb = model_dir.var_builder(&Device::Cpu)?;
         let tokenizer = if towers.text() { Some(model_dir.tokenizer()?) } else { None };
         let info = ModelInfo {
             source: dir.display().to_string(),
@@ -52,18 +111,24 @@ impl Encoder {
             projection_dim: model_dir.config.projection_dim,
             dtype: "f32".into(),
         };
-        Ok(Self {
-            model,
+        let rest = Loaded {
             tokenizer,
-            preprocess: model_dir.preprocess,
+            preprocess: model_dir.preprocess.clone(),
             info,
             weights_file: Some(model_dir.weights.clone()),
             fingerprint: Default::default(),
-        })
+        };
+        Self::new(Params::from_var_builder(vb), model_dir.config.clone(), towers, at, rest)
+            .with_context(|| format!("loading weights from {}", model_dir.weights.display()))
     }
 
-    /// Loads a model from an HF directory or a tuwen GGUF file (`tuwen quantize`).
+    /// Loads a model from an HF directory or a tuwen GGUF file (`tuwen quantize`), on the CPU.
     pub fn load(path: &Path, towers: Towers) -> Result<Self> {
+        Self::load_on(path, towers, Placement::cpu())
+    }
+
+    /// Loads a model from an HF directory or a tuwen GGUF file onto the GPU or CPU of `at`.
+    pub fn load_on(path: &Path, towers: Towers, at: Placement) -> Result<Self> {
         if path.is_file() {
             let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
             let mut magic = [0u8; 4];
@@ -71,17 +136,21 @@ impl Encoder {
             let _ = file.read(&mut magic);
             if crate::quantize::is_gguf(&magic) {
                 let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                let mut encoder = Self::from_gguf_bytes(&bytes, towers).with_context(|| format!("{}", path.display()))?;
+                let mut encoder = Self::from_gguf_bytes_on(&bytes, towers, at).with_context(|| format!("{}", path.display()))?;
                 encoder.info.source = path.display().to_string();
                 return Ok(encoder);
             }
             bail!("{}: not a model (expected an HF model directory or a GGUF file from `tuwen quantize`)", path.display());
         }
-        Self::from_dir(path, towers)
+        Self::from_dir_on(path, towers, at)
     }
 
-    /// Loads the requested towers from tuwen GGUF bytes.
+    /// Loads the requested towers from tuwen GGUF bytes, on the CPU.
     pub fn from_gguf_bytes(bytes: &[u8], towers: Towers) -> Result<Self> {
+        Self::from_gguf_bytes_on(bytes, towers, Placement::cpu())
+    }
+
+    pub fn from_gguf_bytes_on(bytes: &[u8], towers: Towers, at: Placement) -> Result<Self> {
         let device = Device::Cpu;
         let gguf = crate::quantize::GgufModel::read(&mut std::io::Cursor::new(bytes), &device)?;
         gguf.check_towers(towers)?;
@@ -90,26 +159,29 @@ impl Encoder {
         } else {
             None
         };
-        let params = crate::model::Params::from_gguf_tensors(gguf.tensors, &device);
-        let model = ChineseClip::load(&params, &gguf.config, towers).context("loading weights from the GGUF")?;
         let info = ModelInfo {
             source: "bytes".into(),
             random_weights: gguf.random_weights,
             projection_dim: gguf.config.projection_dim,
             dtype: gguf.dtype,
         };
-        Ok(Self {
-            model,
+        let rest = Loaded {
             tokenizer,
             preprocess: gguf.preprocess,
             info,
             weights_file: None,
             fingerprint: std::sync::OnceLock::from(gguf.fingerprint),
-        })
+        };
+        Self::new(Params::from_gguf_tensors(gguf.tensors, &device), gguf.config, towers, at, rest)
+            .context("loading weights from the GGUF")
     }
 
     /// Loads from in-memory files (the browser): `config.json`, `vocab.txt` and `model.safetensors`.
     pub fn from_bytes(config_json: &[u8], vocab_txt: &[u8], safetensors: Vec<u8>, towers: Towers) -> Result<Self> {
+        Self::from_bytes_on(config_json, vocab_txt, safetensors, towers, Placement::cpu())
+    }
+
+    pub fn from_bytes_on(config_json: &[u8], vocab_txt: &[u8], safetensors: Vec<u8>, towers: Towers, at: Placement) -> Result<Self> {
         let config = ClipConfig::from_json(std::str::from_utf8(config_json).context("config.json is not UTF-8")?)
             .context("in config.json")?;
         let tokenizer = TextTokenizer::from_vocab_txt(std::str::from_utf8(vocab_txt).context("vocab.txt is not UTF-8")?)
@@ -118,10 +190,8 @@ impl Encoder {
             .ok()
             .and_then(|(_, m)| m.metadata().as_ref()?.get(crate::model::random::RANDOM_WEIGHTS_KEY).cloned());
         let fingerprint = std::sync::OnceLock::from(crate::weights::fingerprint_bytes(&safetensors));
-        let device = Device::Cpu;
-        let vb = VarBuilder::from_buffered_safetensors(safetensors, candle_core::DType::F32, &device)
+        let vb = VarBuilder::from_buffered_safetensors(safetensors, candle_core::DType::F32, &Device::Cpu)
             .context("model.safetensors: not a readable checkpoint")?;
-        let model = ChineseClip::load(&crate::model::Params::from_var_builder(vb), &config, towers).context("loading weights from model.safetensors")?;
         let info = ModelInfo {
             source: "bytes".into(),
             random_weights,
@@ -129,7 +199,38 @@ impl Encoder {
             dtype: "f32".into(),
         };
         let preprocess = PreprocessConfig::for_vision(&config.vision_config);
-        Ok(Self { model, tokenizer: towers.text().then_some(tokenizer), preprocess, info, weights_file: None, fingerprint })
+        let rest = Loaded { tokenizer: towers.text().then_some(tokenizer), preprocess, info, weights_file: None, fingerprint };
+        Self::new(Params::from_var_builder(vb), config, towers, at, rest).context("loading weights from model.safetensors")
+    }
+
+    /// Where the encoders run, and why there.
+    pub fn backend(&self) -> BackendReport {
+        self.backend.lock().unwrap().clone()
+    }
+
+    fn engine(&self) -> Arc<Engine> {
+        self.engine.lock().unwrap().clone()
+    }
+
+    /// Runs `job` on the current engine; when the GPU fails under it (device lost), moves the towers to the
+    /// CPU, says so, and runs `job` again there.
+    async fn run<T, F, Fut>(&self, job: F) -> Result<T>
+    where
+        F: Fn(Arc<Engine>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let engine = self.engine();
+        let result = job(engine.clone()).await;
+        let (Err(e), Some(gpu), Some((params, config, towers))) = (&result, engine.gpu(), &self.fallback) else {
+            return result;
+        };
+        let Some(failure) = gpu.failure() else { return result };
+        let cpu = Arc::new(Engine::load(None, params, config, *towers).context("moving the encoders to the CPU")?);
+        *self.engine.lock().unwrap() = cpu.clone();
+        let report = BackendReport { backend: "cpu".into(), detail: format!("fell back from the GPU: {failure}") };
+        warn(&format!("{report} (the failed call: {e:#})"));
+        *self.backend.lock().unwrap() = report;
+        job(cpu).await
     }
 
     /// Identifies the model for bundles: its weights' fingerprint and the dtype it runs in.
@@ -160,23 +261,27 @@ impl Encoder {
         }
     }
 
-    pub fn embed_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
+    pub async fn embed_texts_async<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
         let tokenizer = self.tokenizer()?;
-        let pad = self.model.config.text_config.pad_token_id as u32;
+        let pad = self.config.text_config.pad_token_id as u32;
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(TEXT_BATCH) {
             let rows = chunk.iter().map(|t| tokenizer.encode(t.as_ref())).collect::<Result<Vec<_>>>()?;
-            let (ids, mask) = batch_tensors(&rows, pad, self.model.device())?;
-            out.extend(self.model.embed_tokens(&ids, &mask)?.to_vec2::<f32>()?);
+            let (ids, mask, seq) = pad_batch(&rows, pad);
+            out.extend(self.run(|engine| { let (ids, mask) = (&ids, &mask); async move { engine.embed_tokens(ids, mask, seq).await } }).await?);
         }
         Ok(out)
+    }
+
+    pub fn embed_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
+        resolve_now(self.embed_texts_async(texts))?
     }
 
     pub fn embed_text(&self, text: &str) -> Result<Vec<f32>> {
         Ok(self.embed_texts(&[text])?.remove(0))
     }
 
-    pub fn embed_pixels(&self, images: &[Pixels]) -> Result<Vec<Vec<f32>>> {
+    pub async fn embed_pixels_async(&self, images: &[Pixels]) -> Result<Vec<Vec<f32>>> {
         let size = self.preprocess.image_size;
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(IMAGE_BATCH) {
@@ -187,16 +292,24 @@ impl Encoder {
                 }
                 data.extend_from_slice(&px.data);
             }
-            let pixels = Tensor::from_vec(data, (chunk.len(), 3, size, size), self.model.device())?;
-            out.extend(self.model.embed_pixels(&pixels)?.to_vec2::<f32>()?);
+            let data = &data;
+            out.extend(self.run(|engine| async move { engine.embed_pixels(data, chunk.len()).await }).await?);
         }
         Ok(out)
     }
 
+    pub fn embed_pixels(&self, images: &[Pixels]) -> Result<Vec<Vec<f32>>> {
+        resolve_now(self.embed_pixels_async(images))?
+    }
+
     /// Encoded image bytes → embedding; `name` (a file name) is used in error messages.
-    pub fn embed_image_bytes(&self, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
+    pub async fn embed_image_bytes_async(&self, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
         let pixels = preprocess(bytes, name, &self.preprocess)?;
-        Ok(self.embed_pixels(&[pixels])?.remove(0))
+        Ok(self.embed_pixels_async(&[pixels]).await?.remove(0))
+    }
+
+    pub fn embed_image_bytes(&self, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
+        resolve_now(self.embed_image_bytes_async(bytes, name))?
     }
 
     pub fn embed_image_file(&self, path: &Path) -> Result<Vec<f32>> {

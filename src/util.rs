@@ -1,4 +1,4 @@
-//! Small file helpers shared by the writers.
+//! Small helpers: atomic file writes, and running a future that is already complete.
 
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -22,4 +22,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     file.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
     file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Runs a future that completes without waiting on anything outside this thread: the CPU backend's, and
+/// the GPU backend's natively (wgpu answers adapter and device requests at once, and a read-back polls the
+/// device until done). In the browser a GPU read-back must go through the async API instead.
+pub fn resolve_now<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(value) => Ok(value),
+        std::task::Poll::Pending => anyhow::bail!("this needs the async API (the GPU in a browser answers asynchronously)"),
+    }
 }

@@ -1,7 +1,7 @@
-//! Chinese-CLIP, written once over the op set in [`ops`]: the text tower, the vision tower and
-//! their projections into the shared, L2-normalised embedding space.
+//! Chinese-CLIP, written once over the op set in [`backend`]: the text tower, the vision tower and
+//! their projections into the shared, L2-normalised embedding space, on the CPU or the GPU.
 
-pub mod ops;
+pub mod backend;
 pub mod params;
 pub mod q8;
 pub mod random;
@@ -9,7 +9,9 @@ pub mod text;
 pub mod vision;
 
 use crate::config::ClipConfig;
-use candle_core::{Device, Result, Tensor};
+use anyhow::{anyhow, Result};
+use backend::Backend;
+pub use backend::{BackendChoice, Cpu, Gpu};
 pub use params::Params;
 pub use text::TextTower;
 pub use vision::VisionTower;
@@ -51,51 +53,81 @@ impl Towers {
     }
 }
 
-pub struct ChineseClip {
+/// The towers on one backend.
+pub struct ChineseClip<B: Backend> {
     pub config: ClipConfig,
-    text: Option<TextTower>,
-    vision: Option<VisionTower>,
-    device: Device,
+    backend: B,
+    text: Option<TextTower<B>>,
+    vision: Option<VisionTower<B>>,
 }
 
-impl ChineseClip {
-    /// Builds the requested towers from a checkpoint with the HF tensor names.
-    pub fn load(vb: &Params, config: &ClipConfig, towers: Towers) -> Result<Self> {
+impl<B: Backend> ChineseClip<B> {
+    /// Builds the requested towers from a checkpoint with the HF tensor names, their weights handed to `backend`.
+    pub fn load(backend: B, vb: &Params, config: &ClipConfig, towers: Towers) -> Result<Self> {
         let dim = config.projection_dim;
-        let text = towers.text().then(|| TextTower::load(vb, &config.text_config, dim)).transpose()?;
-        let vision = towers.vision().then(|| VisionTower::load(vb, &config.vision_config, dim)).transpose()?;
-        Ok(Self { config: config.clone(), text, vision, device: vb.device().clone() })
+        let text = towers.text().then(|| TextTower::load(&backend, vb, &config.text_config, dim)).transpose()?;
+        let vision = towers.vision().then(|| VisionTower::load(&backend, vb, &config.vision_config, dim)).transpose()?;
+        Ok(Self { config: config.clone(), backend, text, vision })
     }
 
-    pub fn device(&self) -> &Device {
-        &self.device
+    pub fn backend(&self) -> &B {
+        &self.backend
     }
 
-    pub fn has_text(&self) -> bool {
-        self.text.is_some()
+    /// Token ids and 0/1 mask, both `[batch·seq]` → L2-normalised embeddings, one per row.
+    pub async fn embed_tokens(&self, ids: &[u32], mask: &[f32], seq: usize) -> Result<Vec<Vec<f32>>> {
+        let tower = self.text.as_ref().ok_or_else(|| anyhow!("this model was loaded without its text tower"))?;
+        let b = &self.backend;
+        let embedded = b.l2_normalize(&tower.forward(b, ids, mask, seq)?)?;
+        self.rows(b.read(&embedded).await?)
     }
 
-    pub fn has_vision(&self) -> bool {
-        self.vision.is_some()
+    /// Pixels `[batch, 3, size, size]` → L2-normalised embeddings, one per image.
+    pub async fn embed_pixels(&self, pixels: &[f32], batch: usize) -> Result<Vec<Vec<f32>>> {
+        let tower = self.vision.as_ref().ok_or_else(|| anyhow!("this model was loaded without its vision tower"))?;
+        let b = &self.backend;
+        let embedded = b.l2_normalize(&tower.forward(b, pixels, batch)?)?;
+        self.rows(b.read(&embedded).await?)
     }
 
-    fn text_tower(&self) -> Result<&TextTower> {
-        self.text.as_ref().ok_or_else(|| candle_core::Error::Msg("this model was loaded without its text tower".into()))
+    fn rows(&self, flat: Vec<f32>) -> Result<Vec<Vec<f32>>> {
+        Ok(flat.chunks(self.config.projection_dim).map(<[f32]>::to_vec).collect())
+    }
+}
+
+/// The towers on whichever backend runs them.
+pub enum Engine {
+    Cpu(ChineseClip<Cpu>),
+    Gpu(ChineseClip<Gpu>),
+}
+
+impl Engine {
+    /// The towers on `gpu` when given, else on the CPU.
+    pub fn load(gpu: Option<&Gpu>, vb: &Params, config: &ClipConfig, towers: Towers) -> Result<Self> {
+        Ok(match gpu {
+            Some(gpu) => Self::Gpu(ChineseClip::load(gpu.clone(), vb, config, towers)?),
+            None => Self::Cpu(ChineseClip::load(Cpu, vb, config, towers)?),
+        })
     }
 
-    fn vision_tower(&self) -> Result<&VisionTower> {
-        self.vision
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("this model was loaded without its vision tower".into()))
+    pub fn gpu(&self) -> Option<&Gpu> {
+        match self {
+            Self::Gpu(m) => Some(m.backend()),
+            Self::Cpu(_) => None,
+        }
     }
 
-    /// Token ids and mask `[batch, seq]` → L2-normalised embeddings `[batch, projection_dim]`.
-    pub fn embed_tokens(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        ops::l2_normalize(&self.text_tower()?.forward(ids, mask)?)
+    pub async fn embed_tokens(&self, ids: &[u32], mask: &[f32], seq: usize) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Self::Cpu(m) => m.embed_tokens(ids, mask, seq).await,
+            Self::Gpu(m) => m.embed_tokens(ids, mask, seq).await,
+        }
     }
 
-    /// Pixels `[batch, 3, size, size]` → L2-normalised embeddings `[batch, projection_dim]`.
-    pub fn embed_pixels(&self, pixels: &Tensor) -> Result<Tensor> {
-        ops::l2_normalize(&self.vision_tower()?.forward(pixels)?)
+    pub async fn embed_pixels(&self, pixels: &[f32], batch: usize) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Self::Cpu(m) => m.embed_pixels(pixels, batch).await,
+            Self::Gpu(m) => m.embed_pixels(pixels, batch).await,
+        }
     }
 }

@@ -102,3 +102,77 @@ impl Params {
         }
     }
 }
+
+/// A dense layer's parameters as loaded, before a backend takes them: `y = x·Wᵀ (+ b)` with `W` `[out, in]`.
+#[derive(Debug, Clone)]
+pub struct LinearParams {
+    pub matrix: Matrix,
+    pub bias: Option<Vec<f32>>,
+    pub in_dim: usize,
+    pub out_dim: usize,
+}
+
+impl LinearParams {
+    pub fn load(p: &Params, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let bias = if bias { Some(p.tensor(out_dim, "bias")?.to_vec1()?) } else { None };
+        Ok(Self { matrix: p.matrix(out_dim, in_dim, "weight")?, bias, in_dim, out_dim })
+    }
+
+    /// An f32 weight `[out, in]` without bias.
+    pub fn dense(weight: Tensor) -> Result<Self> {
+        let (out_dim, in_dim) = weight.dims2()?;
+        Ok(Self { matrix: Matrix::Dense(weight), bias: None, in_dim, out_dim })
+    }
+
+    /// Layers over the same input stacked into one (their outputs side by side): one product instead of
+    /// several, e.g. attention's query, key and value. Stays q8_0 when every part is; otherwise f32.
+    pub fn stack(parts: Vec<LinearParams>) -> Result<Self> {
+        let in_dim = parts[0].in_dim;
+        if parts.iter().any(|p| p.in_dim != in_dim) {
+            candle_core::bail!("stacked layers must share their input width");
+        }
+        let out_dim = parts.iter().map(|p| p.out_dim).sum();
+        let bias = if parts.iter().all(|p| p.bias.is_some()) {
+            Some(parts.iter().flat_map(|p| p.bias.clone().unwrap()).collect())
+        } else if parts.iter().all(|p| p.bias.is_none()) {
+            None
+        } else {
+            candle_core::bail!("stacked layers must all have a bias or all have none");
+        };
+        let quantized: Option<Vec<&Q8Matrix>> =
+            parts.iter().map(|p| if let Matrix::Quantized(q) = &p.matrix { Some(q.as_ref()) } else { None }).collect();
+        let matrix = match quantized {
+            Some(q) => Matrix::Quantized(Arc::new(Q8Matrix::stack(&q))),
+            None => Matrix::Dense(Tensor::cat(&parts.iter().map(|p| p.matrix.to_dense()).collect::<Result<Vec<_>>>()?, 0)?),
+        };
+        Ok(Self { matrix, bias, in_dim, out_dim })
+    }
+}
+
+impl Matrix {
+    /// The weights as f32 `[out, in]` (q8_0 dequantized exactly).
+    pub fn to_dense(&self) -> Result<Tensor> {
+        match self {
+            Matrix::Dense(t) => Ok(t.clone()),
+            Matrix::Quantized(q) => Tensor::from_vec(q.dequantize(), (q.out_dim(), q.in_dim()), &Device::Cpu),
+        }
+    }
+}
+
+/// A layer norm's parameters.
+#[derive(Debug, Clone)]
+pub struct NormParams {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub eps: f32,
+}
+
+impl NormParams {
+    pub fn load(p: &Params, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: p.tensor_with_hint(dim, "weight", Init::Const(1.0))?.to_vec1()?,
+            bias: p.tensor_with_hint(dim, "bias", Init::Const(0.0))?.to_vec1()?,
+            eps: eps as f32,
+        })
+    }
+}

@@ -50,7 +50,7 @@ pub fn random_checkpoint(config: &ClipConfig, seed: u64) -> Result<BTreeMap<Stri
     let state = Arc::new(Mutex::new((StdRng::seed_from_u64(seed), BTreeMap::new())));
     let backend = RandomWeights { state: state.clone() };
     let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
-    ChineseClip::load(&super::Params::from_var_builder(vb), config, Towers::Both)?;
+    ChineseClip::load(super::Cpu, &super::Params::from_var_builder(vb), config, Towers::Both).map_err(candle_core::Error::wrap)?;
     let mut tensors = std::mem::take(&mut state.lock().unwrap().1);
     tensors.insert("logit_scale".into(), Tensor::new(config.logit_scale_init_value as f32, &Device::Cpu)?);
     Ok(tensors)

@@ -1,93 +1,98 @@
 //! The text tower: RoBERTa-wwm (BERT layout, `text_model.*`) → [CLS] → `text_projection`.
 
-use super::params::Params;
-use super::ops::{activation, attention, mask_bias, LayerNorm, Linear};
+use super::backend::{AttentionShape, Backend};
+use super::params::{LinearParams, NormParams, Params};
 use crate::config::{Activation, TextConfig};
-use candle_core::{DType, Device, Result, Tensor};
+use anyhow::Result;
 
-struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attention_output: Linear,
-    attention_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
-    output_norm: LayerNorm,
+struct Layer<B: Backend> {
+    /// Query, key and value stacked: one product.
+    qkv: B::Linear,
+    attention_output: B::Linear,
+    attention_norm: B::Norm,
+    intermediate: B::Linear,
+    output: B::Linear,
+    output_norm: B::Norm,
 }
 
-impl Layer {
-    fn load(vb: &Params, c: &TextConfig) -> Result<Self> {
+impl<B: Backend> Layer<B> {
+    fn load(backend: &B, vb: &Params, c: &TextConfig) -> Result<Self> {
         let (h, i, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
         let attn = vb.pp("attention");
+        let qkv = ["self.query", "self.key", "self.value"]
+            .iter()
+            .map(|name| LinearParams::load(&attn.pp(name), h, h, true))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
-            query: Linear::load(&attn.pp("self.query"), h, h, true)?,
-            key: Linear::load(&attn.pp("self.key"), h, h, true)?,
-            value: Linear::load(&attn.pp("self.value"), h, h, true)?,
-            attention_output: Linear::load(&attn.pp("output.dense"), h, h, true)?,
-            attention_norm: LayerNorm::load(&attn.pp("output.LayerNorm"), h, eps)?,
-            intermediate: Linear::load(&vb.pp("intermediate.dense"), h, i, true)?,
-            output: Linear::load(&vb.pp("output.dense"), i, h, true)?,
-            output_norm: LayerNorm::load(&vb.pp("output.LayerNorm"), h, eps)?,
+            qkv: backend.linear(LinearParams::stack(qkv)?)?,
+            attention_output: backend.linear(LinearParams::load(&attn.pp("output.dense"), h, h, true)?)?,
+            attention_norm: backend.norm(NormParams::load(&attn.pp("output.LayerNorm"), h, eps)?)?,
+            intermediate: backend.linear(LinearParams::load(&vb.pp("intermediate.dense"), h, i, true)?)?,
+            output: backend.linear(LinearParams::load(&vb.pp("output.dense"), i, h, true)?)?,
+            output_norm: backend.norm(NormParams::load(&vb.pp("output.LayerNorm"), h, eps)?)?,
         })
     }
 
-    fn forward(&self, x: &Tensor, heads: usize, bias: &Tensor, act: Activation) -> Result<Tensor> {
-        let (q, k, v) = (self.query.forward(x)?, self.key.forward(x)?, self.value.forward(x)?);
-        let attn = attention(&q, &k, &v, heads, Some(bias))?;
-        let x = self.attention_norm.forward(&(self.attention_output.forward(&attn)? + x)?)?;
-        let inner = activation(&self.intermediate.forward(&x)?, act)?;
-        self.output_norm.forward(&(self.output.forward(&inner)? + x)?)
+    fn forward(&self, b: &B, x: B::Tensor, shape: AttentionShape, mask: &B::Tensor, act: Activation) -> Result<B::Tensor> {
+        let attn = b.attention(&b.linear_forward(&x, &self.qkv, None, None)?, shape, Some(mask))?;
+        let x = b.layer_norm(&b.linear_forward(&attn, &self.attention_output, None, Some(&x))?, &self.attention_norm)?;
+        let inner = b.linear_forward(&x, &self.intermediate, Some(act), None)?;
+        b.layer_norm(&b.linear_forward(&inner, &self.output, None, Some(&x))?, &self.output_norm)
     }
 }
 
-pub struct TextTower {
+pub struct TextTower<B: Backend> {
     config: TextConfig,
     activation: Activation,
-    word_embeddings: Tensor,
-    position_embeddings: Tensor,
-    token_type_embeddings: Tensor,
-    embedding_norm: LayerNorm,
-    layers: Vec<Layer>,
-    projection: Linear,
+    word_embeddings: B::Table,
+    /// Position embeddings plus the token-type-0 embedding (Chinese-CLIP feeds type 0 everywhere).
+    position_embeddings: B::Table,
+    embedding_norm: B::Norm,
+    layers: Vec<Layer<B>>,
+    projection: B::Linear,
 }
 
-impl TextTower {
+impl<B: Backend> TextTower<B> {
     /// `vb` is rooted at the checkpoint's top level (it holds `text_model.*` and `text_projection`).
-    pub fn load(vb: &Params, c: &TextConfig, projection_dim: usize) -> Result<Self> {
+    pub fn load(backend: &B, vb: &Params, c: &TextConfig, projection_dim: usize) -> Result<Self> {
         let tm = vb.pp("text_model");
         let emb = tm.pp("embeddings");
         let h = c.hidden_size;
         let layers = (0..c.num_hidden_layers)
-            .map(|i| Layer::load(&tm.pp(format!("encoder.layer.{i}")), c))
+            .map(|i| Layer::load(backend, &tm.pp(format!("encoder.layer.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
+        // Loaded in checkpoint order (random test models draw their weights in load order).
+        let words = emb.tensor((c.vocab_size, h), "word_embeddings.weight")?;
+        let positions = emb.tensor((c.max_position_embeddings, h), "position_embeddings.weight")?;
+        let token_type = emb.tensor((c.type_vocab_size, h), "token_type_embeddings.weight")?.get(0)?;
         Ok(Self {
             config: c.clone(),
-            activation: c.activation().map_err(candle_core::Error::wrap)?,
-            word_embeddings: emb.tensor((c.vocab_size, h), "word_embeddings.weight")?,
-            position_embeddings: emb.tensor((c.max_position_embeddings, h), "position_embeddings.weight")?,
-            token_type_embeddings: emb.tensor((c.type_vocab_size, h), "token_type_embeddings.weight")?,
-            embedding_norm: LayerNorm::load(&emb.pp("LayerNorm"), h, c.layer_norm_eps)?,
+            activation: c.activation()?,
+            word_embeddings: backend.table(&words)?,
+            position_embeddings: backend.table(&positions.broadcast_add(&token_type)?)?,
+            embedding_norm: backend.norm(NormParams::load(&emb.pp("LayerNorm"), h, c.layer_norm_eps)?)?,
             layers,
-            projection: Linear::load(&vb.pp("text_projection"), h, projection_dim, false)?,
+            projection: backend.linear(LinearParams::load(&vb.pp("text_projection"), h, projection_dim, false)?)?,
         })
     }
 
-    /// Token ids `[batch, seq]` (u32) and their 0/1 attention mask → projected, *unnormalised* features.
-    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (batch, seq) = ids.dims2()?;
-        let words = self.word_embeddings.embedding(&ids.flatten_all()?)?.reshape((batch, seq, self.config.hidden_size))?;
-        let positions = self.position_embeddings.narrow(0, 0, seq)?;
-        // Chinese-CLIP feeds token type 0 everywhere.
-        let token_type = self.token_type_embeddings.get(0)?;
-        let x = words.broadcast_add(&positions)?.broadcast_add(&token_type)?;
-        let mut x = self.embedding_norm.forward(&x)?;
-        let bias = mask_bias(mask)?;
-        for layer in &self.layers {
-            x = layer.forward(&x, self.config.num_attention_heads, &bias, self.activation)?;
+    /// Token-id rows padded to one length `seq` (`ids` `[batch·seq]`, `mask` 1 for tokens, 0 for padding)
+    /// → projected, *unnormalised* features `[batch, projection_dim]`.
+    pub fn forward(&self, b: &B, ids: &[u32], mask: &[f32], seq: usize) -> Result<B::Tensor> {
+        let batch = ids.len() / seq;
+        if seq > self.config.max_position_embeddings {
+            anyhow::bail!("{seq} tokens is more than the model's {} positions", self.config.max_position_embeddings);
         }
-        let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
-        self.projection.forward(&cls)
+        let x = b.add_rows(b.gather(&self.word_embeddings, ids)?, &self.position_embeddings, seq)?;
+        let mut x = b.layer_norm(&x, &self.embedding_norm)?;
+        // Additive attention bias, as HF BERT builds it from the mask.
+        let bias: Vec<f32> = mask.iter().map(|&m| (1.0 - m) * f32::MIN).collect();
+        let bias = b.upload(&bias, batch, seq)?;
+        let shape = AttentionShape { batch, seq, heads: self.config.num_attention_heads };
+        for layer in &self.layers {
+            x = layer.forward(b, x, shape, &bias, self.activation)?;
+        }
+        b.linear_forward(&b.first_tokens(&x, seq)?, &self.projection, None, None)
     }
 
     pub fn max_positions(&self) -> usize {
@@ -95,16 +100,14 @@ impl TextTower {
     }
 }
 
-/// Pads a batch of token-id rows to the longest row: ids `[batch, seq]` and mask `[batch, seq]`.
-pub fn batch_tensors(rows: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<(Tensor, Tensor)> {
+/// Pads a batch of token-id rows to the longest row: ids and 0/1 mask, both `[batch·seq]`, and `seq`.
+pub fn pad_batch(rows: &[Vec<u32>], pad_id: u32) -> (Vec<u32>, Vec<f32>, usize) {
     let seq = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(rows.len() * seq);
     let mut mask = Vec::with_capacity(rows.len() * seq);
     for row in rows {
         ids.extend(row.iter().copied().chain(std::iter::repeat(pad_id)).take(seq));
-        mask.extend((0..seq).map(|i| if i < row.len() { 1u8 } else { 0 }));
+        mask.extend((0..seq).map(|i| if i < row.len() { 1f32 } else { 0. }));
     }
-    let ids = Tensor::from_vec(ids, (rows.len(), seq), device)?;
-    let mask = Tensor::from_vec(mask, (rows.len(), seq), device)?.to_dtype(DType::F32)?;
-    Ok((ids, mask))
+    (ids, mask, seq)
 }

@@ -1,107 +1,128 @@
 //! The vision tower: ViT (CLIP layout, `vision_model.*`) → post-LN [CLS] → `visual_projection`.
 
-use super::params::Params;
-use super::ops::{activation, attention, LayerNorm, Linear};
+use super::backend::{AttentionShape, Backend};
+use super::params::{LinearParams, NormParams, Params};
 use crate::config::{Activation, VisionConfig};
-use candle_core::{Result, Tensor};
+use anyhow::Result;
+use candle_core::Tensor;
 
-struct Layer {
-    norm1: LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+struct Layer<B: Backend> {
+    norm1: B::Norm,
+    /// Query, key and value stacked: one product.
+    qkv: B::Linear,
+    out: B::Linear,
+    norm2: B::Norm,
+    fc1: B::Linear,
+    fc2: B::Linear,
 }
 
-impl Layer {
-    fn load(vb: &Params, c: &VisionConfig) -> Result<Self> {
+impl<B: Backend> Layer<B> {
+    fn load(backend: &B, vb: &Params, c: &VisionConfig) -> Result<Self> {
         let (h, i, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
         let attn = vb.pp("self_attn");
+        // Loaded in checkpoint order (random test models draw their weights in load order).
+        let norm1 = backend.norm(NormParams::load(&vb.pp("layer_norm1"), h, eps)?)?;
+        let qkv = ["q_proj", "k_proj", "v_proj"]
+            .iter()
+            .map(|name| LinearParams::load(&attn.pp(name), h, h, true))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
-            norm1: LayerNorm::load(&vb.pp("layer_norm1"), h, eps)?,
-            q: Linear::load(&attn.pp("q_proj"), h, h, true)?,
-            k: Linear::load(&attn.pp("k_proj"), h, h, true)?,
-            v: Linear::load(&attn.pp("v_proj"), h, h, true)?,
-            out: Linear::load(&attn.pp("out_proj"), h, h, true)?,
-            norm2: LayerNorm::load(&vb.pp("layer_norm2"), h, eps)?,
-            fc1: Linear::load(&vb.pp("mlp.fc1"), h, i, true)?,
-            fc2: Linear::load(&vb.pp("mlp.fc2"), i, h, true)?,
+            norm1,
+            qkv: backend.linear(LinearParams::stack(qkv)?)?,
+            out: backend.linear(LinearParams::load(&attn.pp("out_proj"), h, h, true)?)?,
+            norm2: backend.norm(NormParams::load(&vb.pp("layer_norm2"), h, eps)?)?,
+            fc1: backend.linear(LinearParams::load(&vb.pp("mlp.fc1"), h, i, true)?)?,
+            fc2: backend.linear(LinearParams::load(&vb.pp("mlp.fc2"), i, h, true)?)?,
         })
     }
 
-    fn forward(&self, x: &Tensor, heads: usize, act: Activation) -> Result<Tensor> {
-        let y = self.norm1.forward(x)?;
-        let attn = attention(&self.q.forward(&y)?, &self.k.forward(&y)?, &self.v.forward(&y)?, heads, None)?;
-        let x = (self.out.forward(&attn)? + x)?;
-        let y = activation(&self.fc1.forward(&self.norm2.forward(&x)?)?, act)?;
-        self.fc2.forward(&y)? + x
+    fn forward(&self, b: &B, x: B::Tensor, shape: AttentionShape, act: Activation) -> Result<B::Tensor> {
+        let qkv = b.linear_forward(&b.layer_norm(&x, &self.norm1)?, &self.qkv, None, None)?;
+        let x = b.linear_forward(&b.attention(&qkv, shape, None)?, &self.out, None, Some(&x))?;
+        let inner = b.linear_forward(&b.layer_norm(&x, &self.norm2)?, &self.fc1, Some(act), None)?;
+        b.linear_forward(&inner, &self.fc2, None, Some(&x))
     }
 }
 
-pub struct VisionTower {
+pub struct VisionTower<B: Backend> {
     config: VisionConfig,
     activation: Activation,
-    class_embedding: Tensor,
     /// The patch convolution (stride = kernel = patch) as a linear map over flattened patches.
-    patch_embedding: Linear,
-    position_embedding: Tensor,
-    pre_norm: LayerNorm,
-    layers: Vec<Layer>,
-    post_norm: LayerNorm,
-    projection: Linear,
+    patch_embedding: B::Linear,
+    /// Position embeddings, with the class embedding added to row 0 (the [CLS] token enters as a zero patch).
+    position_embedding: B::Table,
+    pre_norm: B::Norm,
+    layers: Vec<Layer<B>>,
+    post_norm: B::Norm,
+    projection: B::Linear,
 }
 
-impl VisionTower {
+impl<B: Backend> VisionTower<B> {
     /// `vb` is rooted at the checkpoint's top level (it holds `vision_model.*` and `visual_projection`).
-    pub fn load(vb: &Params, c: &VisionConfig, projection_dim: usize) -> Result<Self> {
+    pub fn load(backend: &B, vb: &Params, c: &VisionConfig, projection_dim: usize) -> Result<Self> {
         let vm = vb.pp("vision_model");
         let emb = vm.pp("embeddings");
-        let (h, p) = (c.hidden_size, c.patch_size);
+        let (h, p, eps) = (c.hidden_size, c.patch_size, c.layer_norm_eps);
         let conv = emb.tensor((h, c.num_channels, p, p), "patch_embedding.weight")?;
-        let patch_embedding = Linear::from_weight(conv.reshape((h, c.num_channels * p * p))?, None)?;
         let layers = (0..c.num_hidden_layers)
-            .map(|i| Layer::load(&vm.pp(format!("encoder.layers.{i}")), c))
+            .map(|i| Layer::load(backend, &vm.pp(format!("encoder.layers.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
+        let class = emb.tensor(h, "class_embedding")?.reshape((1, h))?;
+        let positions = emb.tensor((c.num_patches() + 1, h), "position_embedding.weight")?;
+        let class_row = Tensor::cat(&[&class, &Tensor::zeros((c.num_patches(), h), class.dtype(), class.device())?], 0)?;
         Ok(Self {
             config: c.clone(),
-            activation: c.activation().map_err(candle_core::Error::wrap)?,
-            class_embedding: emb.tensor(h, "class_embedding")?,
-            patch_embedding,
-            position_embedding: emb.tensor((c.num_patches() + 1, h), "position_embedding.weight")?,
+            activation: c.activation()?,
+            patch_embedding: backend.linear(LinearParams::dense(conv.reshape((h, c.num_channels * p * p))?)?)?,
+            position_embedding: backend.table(&(class_row + positions)?)?,
             // Sic: the checkpoint spells it "pre_layrnorm".
-            pre_norm: LayerNorm::load(&vm.pp("pre_layrnorm"), h, c.layer_norm_eps)?,
+            pre_norm: backend.norm(NormParams::load(&vm.pp("pre_layrnorm"), h, eps)?)?,
             layers,
-            post_norm: LayerNorm::load(&vm.pp("post_layernorm"), h, c.layer_norm_eps)?,
-            projection: Linear::load(&vb.pp("visual_projection"), h, projection_dim, false)?,
+            post_norm: backend.norm(NormParams::load(&vm.pp("post_layernorm"), h, eps)?)?,
+            projection: backend.linear(LinearParams::load(&vb.pp("visual_projection"), h, projection_dim, false)?)?,
         })
     }
 
-    /// Pixels `[batch, 3, size, size]` → projected, *unnormalised* features.
-    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+    /// Pixels `[batch, channels, size, size]` (row-major) → projected, *unnormalised* features.
+    pub fn forward(&self, b: &B, pixels: &[f32], batch: usize) -> Result<B::Tensor> {
         let c = &self.config;
-        let (batch, channels, size, _) = pixels.dims4()?;
-        let (p, grid) = (c.patch_size, size / c.patch_size);
-        // [B, C, gy, p, gx, p] → [B, gy, gx, C, p, p]: each row one patch in the conv weight's order.
-        let patches = pixels
-            .reshape((batch, channels, grid, p, grid, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .contiguous()?
-            .reshape((batch, grid * grid, channels * p * p))?;
-        let patches = self.patch_embedding.forward(&patches)?;
-        let class = self.class_embedding.reshape((1, 1, c.hidden_size))?.repeat((batch, 1, 1))?;
-        let x = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?;
-        let mut x = self.pre_norm.forward(&x)?;
+        let tokens = c.num_patches() + 1;
+        let patches = patch_rows(pixels, batch, c.num_channels, c.image_size, c.patch_size);
+        let x = b.upload(&patches, batch * tokens, c.num_channels * c.patch_size * c.patch_size)?;
+        let x = b.add_rows(b.linear_forward(&x, &self.patch_embedding, None, None)?, &self.position_embedding, tokens)?;
+        let mut x = b.layer_norm(&x, &self.pre_norm)?;
+        let shape = AttentionShape { batch, seq: tokens, heads: c.num_attention_heads };
         for layer in &self.layers {
-            x = layer.forward(&x, c.num_attention_heads, self.activation)?;
+            x = layer.forward(b, x, shape, self.activation)?;
         }
-        let cls = self.post_norm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
-        self.projection.forward(&cls)
+        let cls = b.layer_norm(&b.first_tokens(&x, tokens)?, &self.post_norm)?;
+        b.linear_forward(&cls, &self.projection, None, None)
     }
 
     pub fn image_size(&self) -> usize {
         self.config.image_size
     }
+}
+
+/// Images `[batch, channels, size, size]` → one row per token `[batch, 1 + patches, channels·p·p]`, each patch
+/// in the conv weight's `[channel][y][x]` order, row 0 of each image zero (where the [CLS] token goes).
+fn patch_rows(pixels: &[f32], batch: usize, channels: usize, size: usize, p: usize) -> Vec<f32> {
+    let grid = size / p;
+    let width = channels * p * p;
+    let mut rows = vec![0f32; batch * (grid * grid + 1) * width];
+    for image in 0..batch {
+        let src = &pixels[image * channels * size * size..][..channels * size * size];
+        for gy in 0..grid {
+            for gx in 0..grid {
+                let row = &mut rows[(image * (grid * grid + 1) + 1 + gy * grid + gx) * width..][..width];
+                for ch in 0..channels {
+                    for y in 0..p {
+                        let from = ch * size * size + (gy * p + y) * size + gx * p;
+                        row[(ch * p + y) * p..][..p].copy_from_slice(&src[from..from + p]);
+                    }
+                }
+            }
+        }
+    }
+    rows
 }

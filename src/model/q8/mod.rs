@@ -127,22 +127,45 @@ impl Q8Matrix {
         })
     }
 
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
+    /// Block `b` of column `column`: its 32 quants and its scale.
+    pub fn block(&self, column: usize, b: usize) -> ([i8; BLOCK], f32) {
+        let (tile, lane, blocks) = (column / TILE, column % TILE, self.blocks());
+        let base = (tile * blocks + b) * TILE_BLOCK_BYTES;
+        let quants = std::array::from_fn(|k| (self.quants[base + (k / 4) * TILE * 4 + lane * 4 + k % 4] as i32 - OFFSET) as i8);
+        (quants, self.scales[(tile * blocks + b) * TILE + lane])
+    }
+
     /// The weights as the kernels see them, dequantized to f32 `[out, in]` (for tests and references).
     pub fn dequantize(&self) -> Vec<f32> {
-        let blocks = self.blocks();
         let mut out = vec![0f32; self.out_dim * self.in_dim];
         for column in 0..self.out_dim {
-            let (tile, lane) = (column / TILE, column % TILE);
-            for b in 0..blocks {
-                let base = (tile * blocks + b) * TILE_BLOCK_BYTES;
-                let scale = self.scales[(tile * blocks + b) * TILE + lane];
-                for k in 0..BLOCK {
-                    let q = self.quants[base + (k / 4) * TILE * 4 + lane * 4 + k % 4] as i32 - OFFSET;
-                    out[column * self.in_dim + b * BLOCK + k] = q as f32 * scale;
+            for b in 0..self.blocks() {
+                let (q, scale) = self.block(column, b);
+                for (k, q) in q.iter().enumerate() {
+                    out[column * self.in_dim + b * BLOCK + k] = *q as f32 * scale;
                 }
             }
         }
         out
+    }
+
+    /// Matrices over the same input, their output columns one after the other (exact: blocks are copied).
+    pub fn stack(parts: &[&Q8Matrix]) -> Self {
+        let in_dim = parts[0].in_dim;
+        assert!(parts.iter().all(|p| p.in_dim == in_dim), "stacked matrices must share their input width");
+        let starts: Vec<usize> = parts.iter().scan(0, |s, p| { let start = *s; *s += p.out_dim; Some(start) }).collect();
+        let out_dim = parts.iter().map(|p| p.out_dim).sum();
+        Self::pack(out_dim, in_dim, |column, b| {
+            let part = starts.partition_point(|&s| s <= column) - 1;
+            parts[part].block(column - starts[part], b)
+        })
     }
 
     /// `x` `[rows, in]` → `x · Wᵀ (+ bias)` `[rows, out]`.

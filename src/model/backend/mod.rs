@@ -1,0 +1,123 @@
+//! The op set both encoders are written over, and its two implementations: candle on the CPU (natively and
+//! wasm SIMD) and wgpu compute shaders on the GPU (Vulkan/Metal/DX12 natively, WebGPU in the browser).
+//!
+//! Activations are 2-D `[rows, cols]` (rows = batch × sequence); ops that need the sequence structure take
+//! it as an argument. Every op records work; only [`Backend::read`] waits for it, which is why it is async.
+
+pub mod cpu;
+pub mod gpu;
+
+use super::params::{LinearParams, NormParams};
+use crate::config::Activation;
+use anyhow::Result;
+use candle_core::Tensor;
+use std::future::Future;
+
+pub use cpu::Cpu;
+pub use gpu::Gpu;
+
+/// Attention heads over a fused `[batch·seq, 3·hidden]` query|key|value activation.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+}
+
+pub trait Backend {
+    /// An activation `[rows, cols]` of f32 on this backend.
+    type Tensor;
+    /// A dense layer's weights as this backend multiplies them (uploaded once).
+    type Linear;
+    type Norm;
+    /// An f32 table `[rows, cols]`: embeddings to gather from, or rows added to every sequence.
+    type Table;
+
+    fn linear(&self, params: LinearParams) -> Result<Self::Linear>;
+    fn norm(&self, params: NormParams) -> Result<Self::Norm>;
+    fn table(&self, table: &Tensor) -> Result<Self::Table>;
+
+    /// Host data → activation `[rows, cols]`.
+    fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// Row `ids[i]` of `table` for each i: `[ids.len(), table cols]`.
+    fn gather(&self, table: &Self::Table, ids: &[u32]) -> Result<Self::Tensor>;
+    /// `x[r] += table[r % period]`: per-position rows added to each of the sequences in `x`.
+    fn add_rows(&self, x: Self::Tensor, table: &Self::Table, period: usize) -> Result<Self::Tensor>;
+    /// `x·Wᵀ + b`, then `activation`, then `+ residual`: the epilogue runs as the product is stored.
+    fn linear_forward(
+        &self,
+        x: &Self::Tensor,
+        layer: &Self::Linear,
+        activation: Option<Activation>,
+        residual: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor>;
+    fn layer_norm(&self, x: &Self::Tensor, norm: &Self::Norm) -> Result<Self::Tensor>;
+    /// Scaled dot-product attention per head, softmax over keys; `mask_bias` `[batch, seq]` is added to every
+    /// query's scores (0 for tokens, a large negative number for padding). → `[batch·seq, hidden]`.
+    fn attention(&self, qkv: &Self::Tensor, shape: AttentionShape, mask_bias: Option<&Self::Tensor>) -> Result<Self::Tensor>;
+    /// The first row of each sequence of `seq` rows (the [CLS] token): `[rows / seq, cols]`.
+    fn first_tokens(&self, x: &Self::Tensor, seq: usize) -> Result<Self::Tensor>;
+    /// Rows scaled to unit L2 norm.
+    fn l2_normalize(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Waits for the recorded work and returns `x` row-major.
+    fn read(&self, x: &Self::Tensor) -> impl Future<Output = Result<Vec<f32>>>;
+}
+
+/// Which backend runs the encoders (`--backend`, and the page's `?backend=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// A GPU when a hardware adapter exists, else the CPU (CPU-emulated adapters are slower than the CPU backend).
+    #[default]
+    Auto,
+    Cpu,
+    /// The GPU, CPU-emulated adapters (lavapipe, SwiftShader) included; an error when there is none.
+    Gpu,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "gpu" | "webgpu" => Ok(Self::Gpu),
+            other => Err(format!("the backend is \"auto\", \"cpu\" or \"gpu\", not {other:?}")),
+        }
+    }
+}
+
+/// The backend a choice resolved to, and why: shown in logs and on the page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendReport {
+    /// "gpu" or "cpu".
+    pub backend: String,
+    /// The adapter on the GPU; on the CPU, why the GPU is not used.
+    pub detail: String,
+}
+
+impl std::fmt::Display for BackendReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.backend, self.detail)
+    }
+}
+
+/// Opens the GPU a choice asks for. `auto` falls back to the CPU, saying why; `gpu` without an adapter is an
+/// error; `cpu` opens nothing.
+pub async fn open(choice: BackendChoice) -> Result<(Option<Gpu>, BackendReport)> {
+    let cpu = |detail: String| BackendReport { backend: "cpu".into(), detail };
+    match choice {
+        BackendChoice::Cpu => Ok((None, cpu("chosen".into()))),
+        BackendChoice::Auto => match Gpu::new(false).await {
+            Ok(gpu) => {
+                let report = BackendReport { backend: "gpu".into(), detail: gpu.adapter().to_string() };
+                Ok((Some(gpu), report))
+            }
+            Err(e) => Ok((None, cpu(format!("{e:#}")))),
+        },
+        BackendChoice::Gpu => {
+            let gpu = Gpu::new(true).await?;
+            let report = BackendReport { backend: "gpu".into(), detail: gpu.adapter().to_string() };
+            Ok((Some(gpu), report))
+        }
+    }
+}
