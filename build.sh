@@ -8,7 +8,8 @@
 #                       build a deployable static site for a gallery of image_id,caption pairs
 #                       (M: an HF model directory, quantized to q8_0 per tower, or a tuwen GGUF)
 #   ./build.sh serve [DIR]  serve a built site (default site/)
-#   ./build.sh setup    only install what the build needs (wasm target, wasm-bindgen-cli, Node tools, Chromium)
+#   ./build.sh setup    only install what the build needs (wasm target, wasm-bindgen-cli, Node tools, Chromium,
+#                       Mesa's lavapipe for the GPU backend's tests)
 #   ./build.sh wasm     only build the wasm package into pkg/
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -43,6 +44,8 @@ setup() {
   command -v chromium >/dev/null || packages+=(chromium)
   command -v chromedriver >/dev/null || packages+=(chromium-driver)
   command -v npm >/dev/null || packages+=(nodejs npm)
+  # lavapipe: Vulkan on the CPU, so the GPU backend's tests run on machines without a GPU.
+  ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1 || packages+=(mesa-vulkan-drivers libvulkan1)
   if [ ${#packages[@]} -gt 0 ]; then
     log "installing ${packages[*]} (headless browser tests, page tools)"
     as_root apt-get update -qq

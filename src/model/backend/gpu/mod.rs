@@ -15,7 +15,6 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use candle_core::Tensor;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use wgpu::util::DeviceExt;
 
 /// Bytes per dispatch in the shared uniform buffer (WebGPU's minimum uniform offset alignment).
 const PARAM_SLOT: u64 = 256;
@@ -72,10 +71,16 @@ struct Context {
     kernels: Kernels,
     pool: Arc<BufferPool>,
     recording: Mutex<Recording>,
-    /// Set when the device is lost or reports an error: every later read fails with it.
-    failure: Arc<Mutex<Option<String>>>,
+    /// Set when the device is lost or reports an error: every later op fails with it.
+    failure: Arc<Mutex<Failure>>,
     /// Bound where a kernel's optional input (bias, residual, mask) is absent.
     empty: wgpu::Buffer,
+}
+
+#[derive(Default)]
+struct Failure {
+    lost: Option<String>,
+    error: Option<String>,
 }
 
 #[derive(Default)]
@@ -152,14 +157,14 @@ impl Gpu {
             })
             .await
             .with_context(|| format!("opening {summary}"))?;
-        let failure = Arc::new(Mutex::new(None::<String>));
+        let failure = Arc::new(Mutex::new(Failure::default()));
         let lost = failure.clone();
         device.set_device_lost_callback(move |reason, message| {
-            lost.lock().unwrap().get_or_insert(format!("GPU device lost ({reason:?}): {message}"));
+            lost.lock().unwrap().lost.get_or_insert(format!("GPU device lost ({reason:?}): {message}"));
         });
         let errors = failure.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            errors.lock().unwrap().get_or_insert(format!("GPU error: {e}"));
+            errors.lock().unwrap().error.get_or_insert(format!("GPU error: {e}"));
         }));
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let kernels = Kernels::new(&device);
@@ -181,9 +186,12 @@ impl Gpu {
         &self.inner.adapter
     }
 
-    /// Why the device can no longer be used, once it cannot.
+    /// Why the device can no longer be used, once it cannot: its loss (the cause) over the errors it made.
     pub fn failure(&self) -> Option<String> {
-        self.inner.failure.lock().unwrap().clone()
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = self.inner.device.poll(wgpu::PollType::Poll); // delivers a pending device-lost callback
+        let failure = self.inner.failure.lock().unwrap();
+        failure.lost.clone().or_else(|| failure.error.clone())
     }
 
     /// Destroys the device as a driver reset would (tests of the CPU fallback).
@@ -192,12 +200,29 @@ impl Gpu {
         self.inner.device.destroy();
     }
 
-    fn storage(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
-        self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+    /// Fails once the device is lost or has reported an error.
+    fn check(&self) -> Result<()> {
+        match self.failure() {
+            Some(failure) => bail!("{failure}"),
+            None => Ok(()),
+        }
+    }
+
+    /// A fresh buffer holding `bytes`. Written through the queue (it lands before the next submission),
+    /// not mapped at creation, which a lost device would turn into a panic.
+    fn storage_with(&self, label: &str, bytes: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        let buffer = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            contents: bytes,
-            usage: wgpu::BufferUsages::STORAGE,
-        })
+            size: (bytes.len() as u64).next_multiple_of(4),
+            usage: usage | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.inner.queue.write_buffer(&buffer, 0, bytes);
+        buffer
+    }
+
+    fn storage(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        self.storage_with(label, bytes, wgpu::BufferUsages::STORAGE)
     }
 
     fn f32_storage(&self, label: &str, values: &[f32]) -> wgpu::Buffer {
@@ -453,17 +478,16 @@ impl Backend for Gpu {
         if data.len() != rows * cols {
             bail!("{} values are not [{rows}, {cols}]", data.len());
         }
+        self.check()?;
         // A fresh buffer, not a pooled one: a pooled buffer may still be read by recorded work, and
         // queue writes land before that work runs.
-        let buffer = self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("input"),
-            contents: bytemuck::cast_slice(if data.is_empty() { &[0f32; 4][..] } else { data }),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        });
+        let data = bytemuck::cast_slice(if data.is_empty() { &[0f32; 4][..] } else { data });
+        let buffer = self.storage_with("input", data, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
         Ok(GpuTensor { buffer: Arc::new(Pooled { buffer: Some(buffer), pool: None }), rows, cols })
     }
 
     fn gather(&self, table: &GpuTable, ids: &[u32]) -> Result<GpuTensor> {
+        self.check()?;
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.rows) {
             bail!("token id {bad} is outside the embedding table ({} rows)", table.rows);
         }
