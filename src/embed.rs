@@ -62,6 +62,7 @@ pub struct Encoder {
 }
 
 /// Where an encoder runs: a GPU opened by [`crate::model::backend::open`], or the CPU, and why.
+#[derive(Clone)]
 pub struct Placement {
     pub gpu: Option<Gpu>,
     pub report: BackendReport,
@@ -69,7 +70,7 @@ pub struct Placement {
 
 impl Placement {
     pub fn cpu() -> Self {
-        Self { gpu: None, report: BackendReport { backend: "cpu".into(), detail: "chosen".into() } }
+        Self { gpu: None, report: BackendReport { backend: "cpu".into(), detail: "chosen (--backend cpu)".into() } }
     }
 
     /// Resolves `--backend`: natively this does not wait.

@@ -38,6 +38,8 @@ pub struct SiteJob {
     /// Quantization of the towers made from an HF directory.
     pub dtype: QuantDtype,
     pub progress: bool,
+    /// Where the towers run while the gallery is embedded.
+    pub backend: crate::embed::Placement,
 }
 
 /// What the page reads first; the format is documented in docs/site.md.
@@ -142,13 +144,13 @@ impl SiteJob {
         let opts = JobOptions { work: self.out.join("data"), storage: Storage::Int8, rerank: Rerank::None, progress: self.progress };
         let texts_path = self.out.join("data/texts.bundle");
         let texts = {
-            let encoder = Encoder::load(&text_gguf, Towers::Text)?;
+            let encoder = Encoder::load_on(&text_gguf, Towers::Text, self.backend.clone())?;
             let (ids, captions) = pairs.iter().cloned().unzip();
             ensure_bundle(&encoder, Items::Texts { ids, captions }, &texts_path, &opts)?
         };
         let images_path = self.out.join("data/images.bundle");
         let (images, stamp) = {
-            let encoder = Encoder::load(&vision_gguf, Towers::Vision)?;
+            let encoder = Encoder::load_on(&vision_gguf, Towers::Vision, self.backend.clone())?;
             let ids = pairs.iter().map(|(id, _)| id.clone()).collect();
             let bundle = ensure_bundle(&encoder, Items::Images { dir: self.images.clone(), ids }, &images_path, &opts)?;
             (bundle, encoder.stamp()?)

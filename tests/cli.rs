@@ -106,3 +106,30 @@ fn fetch_model_offline_fails_at_once_with_advice() {
     assert!(err.contains("cannot reach http://tuwen-offline.invalid") && err.contains("--model DIR"), "{err}");
     assert!(start.elapsed().as_secs() < 30, "took {:?}", start.elapsed());
 }
+
+/// `--backend`: each choice says on stderr where the encoders run and why; `gpu` (lavapipe in CI) gives the
+/// CPU's embeddings; an unknown backend is refused by name.
+#[test]
+fn backend_choice_is_logged_and_gpu_matches_cpu() {
+    let model = tiny_model();
+    let run = |backend: &str| tuwen(&["--backend", backend, "embed", "--model", model.to_str().unwrap(), "--text", "一只猫"]);
+    let cpu = run("cpu");
+    assert!(String::from_utf8_lossy(&cpu.stderr).contains("encoders run on the cpu: chosen (--backend cpu)"));
+    let cpu: Vec<f32> = serde_json::from_value(json_lines(&cpu)[0]["embedding"].clone()).unwrap();
+    let auto = run("auto");
+    let log = String::from_utf8_lossy(&auto.stderr).to_string();
+    assert!(log.contains("encoders run on the gpu: ") || log.contains("encoders run on the cpu: "), "{log}");
+    let gpu = run("gpu");
+    let log = String::from_utf8_lossy(&gpu.stderr).to_string();
+    if gpu.status.success() {
+        assert!(log.contains("encoders run on the gpu: "), "{log}");
+        let gpu: Vec<f32> = serde_json::from_value(json_lines(&gpu)[0]["embedding"].clone()).unwrap();
+        assert!(max_abs_diff(&gpu, &cpu) < 1e-5 && cosine(&gpu, &cpu) > 0.9999);
+    } else {
+        assert!(std::env::var_os("CI").is_none(), "CI must have a GPU adapter (lavapipe): {log}");
+        assert!(log.contains("no GPU adapter"), "{log}");
+    }
+    let bad = run("tpu");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("\"auto\", \"cpu\" or \"gpu\", not \"tpu\""));
+}

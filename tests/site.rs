@@ -28,6 +28,7 @@ fn job(model: &Path, pairs: &Path, images: &Path, pkg: &Path, out: &Path) -> Sit
         pkg: pkg.to_path_buf(),
         dtype: tuwen::quantize::QuantDtype::Q8_0,
         progress: false,
+        backend: tuwen::embed::Placement::cpu(),
     }
 }
 

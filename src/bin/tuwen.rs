@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
+use tuwen::embed::Placement;
 use tuwen::{Encoder, Towers};
 
 #[derive(Parser)]
@@ -12,6 +13,10 @@ struct Cli {
     /// Threads for encoders, decoding and search [default: all cores].
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Where the encoders run: auto (a hardware GPU when there is one, else the CPU), cpu, or gpu (any
+    /// adapter, CPU emulations such as lavapipe included; an error when there is none).
+    #[arg(long, global = true, default_value = "auto")]
+    backend: tuwen::model::BackendChoice,
     #[command(subcommand)]
     command: Command,
 }
@@ -254,8 +259,23 @@ impl JobArgs {
     }
 }
 
+static BACKEND: std::sync::OnceLock<tuwen::model::BackendChoice> = std::sync::OnceLock::new();
+static PLACEMENT: std::sync::Mutex<Option<Placement>> = std::sync::Mutex::new(None);
+
+/// The device `--backend` chose, opened on first use (one for the whole command) and logged with the reason.
+fn placement() -> Result<Placement> {
+    let mut opened = PLACEMENT.lock().unwrap();
+    if opened.is_none() {
+        let choice = BACKEND.get().copied().unwrap_or_default();
+        let at = tuwen::util::resolve_now(Placement::open(choice))??;
+        eprintln!("encoders run on the {}", at.report);
+        *opened = Some(at);
+    }
+    Ok(opened.clone().unwrap())
+}
+
 fn load(model: &std::path::Path, towers: Towers) -> Result<Encoder> {
-    let encoder = Encoder::load(model, towers)?;
+    let encoder = Encoder::load_on(model, towers, placement()?)?;
     if let Some(how) = &encoder.info.random_weights {
         eprintln!("WARNING: {} has RANDOM weights ({how}); its embeddings carry no meaning", model.display());
     }
@@ -272,6 +292,7 @@ fn main() {
 }
 
 fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
+    BACKEND.set(cli.backend).expect("set once");
     if let Some(n) = cli.threads {
         if n == 0 {
             bail!("--threads must be at least 1");
@@ -329,7 +350,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Command::Site { gallery: PairsArgs { model, pairs, images }, out, dtype, www, pkg } => {
-            let job = tuwen::site::SiteJob { model, pairs, images, out, www, pkg, dtype, progress: true };
+            let job = tuwen::site::SiteJob { model, pairs, images, out, www, pkg, dtype, progress: true, backend: placement()? };
             let report = job.run()?;
             eprintln!("{report}");
             Ok(())

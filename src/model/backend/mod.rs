@@ -106,7 +106,7 @@ impl std::fmt::Display for BackendReport {
 pub async fn open(choice: BackendChoice) -> Result<(Option<Gpu>, BackendReport)> {
     let cpu = |detail: String| BackendReport { backend: "cpu".into(), detail };
     match choice {
-        BackendChoice::Cpu => Ok((None, cpu("chosen".into()))),
+        BackendChoice::Cpu => Ok((None, cpu("chosen (--backend cpu)".into()))),
         BackendChoice::Auto => match Gpu::new(false).await {
             Ok(gpu) => {
                 let report = BackendReport { backend: "gpu".into(), detail: gpu.adapter().to_string() };
