@@ -2,6 +2,8 @@
 //! searches the galleries.
 
 use crate::bundle::{Bundle, Kind};
+use crate::embed::Placement;
+use crate::model::BackendChoice;
 use crate::search::top_k;
 use crate::{Encoder, Towers};
 use wasm_bindgen::prelude::*;
@@ -19,7 +21,11 @@ fn parse_towers(towers: &str) -> Result<Towers, JsError> {
     towers.parse().map_err(|e: String| JsError::new(&e))
 }
 
-/// A Chinese-CLIP encoder living in wasm memory.
+fn parse_backend(backend: &str) -> Result<BackendChoice, JsError> {
+    backend.parse().map_err(|e: String| JsError::new(&e))
+}
+
+/// A Chinese-CLIP encoder living in wasm memory, its towers on WebGPU or on the CPU (WASM SIMD).
 #[wasm_bindgen]
 pub struct WasmEncoder {
     inner: Encoder,
@@ -28,30 +34,47 @@ pub struct WasmEncoder {
 #[wasm_bindgen]
 impl WasmEncoder {
     /// `towers`: "text", "vision" or "both". The bytes are `config.json`, `vocab.txt` and
-    /// `model.safetensors` of a model in the HF layout.
+    /// `model.safetensors` of a model in the HF layout. Runs on the CPU (see `load` for the GPU).
     #[wasm_bindgen(constructor)]
     pub fn new(config_json: &[u8], vocab_txt: &[u8], weights: Vec<u8>, towers: &str) -> Result<WasmEncoder, JsError> {
         let inner = Encoder::from_bytes(config_json, vocab_txt, weights, parse_towers(towers)?).map_err(js_error)?;
         Ok(Self { inner })
     }
 
-    /// Loads a tuwen GGUF (`tuwen quantize`): one tower or both, config and vocabulary inside.
-    #[wasm_bindgen(js_name = fromGguf)]
-    pub fn from_gguf(bytes: &[u8], towers: &str) -> Result<WasmEncoder, JsError> {
-        let inner = Encoder::from_gguf_bytes(bytes, parse_towers(towers)?).map_err(js_error)?;
+    /// Like the constructor, on `backend`: "auto" (WebGPU unless the only adapter is a CPU emulation such as
+    /// SwiftShader), "cpu" or "gpu" (any WebGPU adapter; an error without one).
+    pub async fn load(config_json: Vec<u8>, vocab_txt: Vec<u8>, weights: Vec<u8>, towers: String, backend: String) -> Result<WasmEncoder, JsError> {
+        let at = Placement::open(parse_backend(&backend)?).await.map_err(js_error)?;
+        let inner = Encoder::from_bytes_on(&config_json, &vocab_txt, weights, parse_towers(&towers)?, at).map_err(js_error)?;
         Ok(Self { inner })
+    }
+
+    /// Loads a tuwen GGUF (`tuwen quantize`): one tower or both, config and vocabulary inside; `backend` as
+    /// for `load`.
+    #[wasm_bindgen(js_name = fromGguf)]
+    pub async fn from_gguf(bytes: Vec<u8>, towers: String, backend: String) -> Result<WasmEncoder, JsError> {
+        let at = Placement::open(parse_backend(&backend)?).await.map_err(js_error)?;
+        let inner = Encoder::from_gguf_bytes_on(&bytes, parse_towers(&towers)?, at).map_err(js_error)?;
+        Ok(Self { inner })
+    }
+
+    /// `{backend: "gpu" | "cpu", detail}`: the adapter, or why the encoders are on the CPU (it changes when a
+    /// lost GPU makes them fall back).
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> Result<JsValue, JsError> {
+        serde_wasm_bindgen::to_value(&self.inner.backend()).map_err(|e| JsError::new(&e.to_string()))
     }
 
     /// The L2-normalised embedding of a text (a `Float32Array`).
     #[wasm_bindgen(js_name = embedText)]
-    pub fn embed_text(&self, text: &str) -> Result<Vec<f32>, JsError> {
-        self.inner.embed_text(text).map_err(js_error)
+    pub async fn embed_text(&self, text: String) -> Result<Vec<f32>, JsError> {
+        Ok(self.inner.embed_texts_async(&[text]).await.map_err(js_error)?.remove(0))
     }
 
     /// The L2-normalised embedding of an encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF).
     #[wasm_bindgen(js_name = embedImage)]
-    pub fn embed_image(&self, bytes: &[u8], name: &str) -> Result<Vec<f32>, JsError> {
-        self.inner.embed_image_bytes(bytes, name).map_err(js_error)
+    pub async fn embed_image(&self, bytes: Vec<u8>, name: String) -> Result<Vec<f32>, JsError> {
+        self.inner.embed_image_bytes_async(&bytes, &name).await.map_err(js_error)
     }
 
     /// `sha256:…` of the weights this model was made from: bundles made with another model are refused.

@@ -53,7 +53,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
     }
     workgroupBarrier();
 
-    var local_max = -3.4028235e38;
+    var local_max = -0x1.fffffep+127f; // -f32::MAX, spelt exactly
     for (var j = lane; j < shape.seq; j += 64u) {
         let k_base = (first + j) * stride + shape.hidden + head * shape.head_dim;
         var s = 0.0;
