@@ -25,6 +25,36 @@ fn parse_backend(backend: &str) -> Result<BackendChoice, JsError> {
     backend.parse().map_err(|e: String| JsError::new(&e))
 }
 
+thread_local! {
+    /// The GPU opened last, shared by the towers loaded after it (one device, its shaders compiled once).
+    static OPENED: std::cell::RefCell<Option<Placement>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Where a tower loaded with `backend` runs: the CPU, or the shared GPU (opened on first need).
+async fn placement(backend: &str) -> Result<Placement, JsError> {
+    let choice = parse_backend(backend)?;
+    if choice == BackendChoice::Cpu {
+        return Ok(Placement::cpu());
+    }
+    let cached = OPENED.with(|o| o.borrow().clone()).filter(|p| p.gpu.as_ref().is_some_and(|g| g.failure().is_none()));
+    if let Some(at) = cached {
+        return Ok(at);
+    }
+    let at = Placement::open(choice).await.map_err(js_error)?;
+    if at.gpu.is_some() {
+        OPENED.with(|o| *o.borrow_mut() = Some(at.clone()));
+    }
+    Ok(at)
+}
+
+/// Resolves a backend choice ("auto", "cpu", "gpu") as the towers will: `{backend: "gpu" | "cpu", detail}`,
+/// the adapter or why the CPU. A GPU it opens is kept for the towers loaded next.
+#[wasm_bindgen(js_name = openBackend)]
+pub async fn open_backend(backend: String) -> Result<JsValue, JsError> {
+    let at = placement(&backend).await?;
+    serde_wasm_bindgen::to_value(&at.report).map_err(|e| JsError::new(&e.to_string()))
+}
+
 /// A Chinese-CLIP encoder living in wasm memory, its towers on WebGPU or on the CPU (WASM SIMD).
 #[wasm_bindgen]
 pub struct WasmEncoder {
@@ -44,7 +74,7 @@ impl WasmEncoder {
     /// Like the constructor, on `backend`: "auto" (WebGPU unless the only adapter is a CPU emulation such as
     /// SwiftShader), "cpu" or "gpu" (any WebGPU adapter; an error without one).
     pub async fn load(config_json: Vec<u8>, vocab_txt: Vec<u8>, weights: Vec<u8>, towers: String, backend: String) -> Result<WasmEncoder, JsError> {
-        let at = Placement::open(parse_backend(&backend)?).await.map_err(js_error)?;
+        let at = placement(&backend).await?;
         let inner = Encoder::from_bytes_on(&config_json, &vocab_txt, weights, parse_towers(&towers)?, at).map_err(js_error)?;
         Ok(Self { inner })
     }
@@ -53,7 +83,7 @@ impl WasmEncoder {
     /// for `load`.
     #[wasm_bindgen(js_name = fromGguf)]
     pub async fn from_gguf(bytes: Vec<u8>, towers: String, backend: String) -> Result<WasmEncoder, JsError> {
-        let at = Placement::open(parse_backend(&backend)?).await.map_err(js_error)?;
+        let at = placement(&backend).await?;
         let inner = Encoder::from_gguf_bytes_on(&bytes, parse_towers(&towers)?, at).map_err(js_error)?;
         Ok(Self { inner })
     }

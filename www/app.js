@@ -181,6 +181,7 @@ async function run(query, { push = true } = {}) {
     renderImages(result.images, result.texts ? '相似图片' : '最相关的图片');
     await new Promise(requestAnimationFrame);
     renderTimings(result.timings, performance.now() - t0);
+    if (result.backend) showBackend(result.backend);
     if (push) saveInUrl(query, k);
   } catch (e) {
     if (mine === generation) showError(e.message);
@@ -189,9 +190,12 @@ async function run(query, { push = true } = {}) {
   }
 }
 
-// The query lives in the URL (?q=…, ?image=…, ?caption=…, &k=…) so a search can be shared.
+// The query lives in the URL (?q=…, ?image=…, ?caption=…, &k=…) so a search can be shared; a chosen
+// ?backend= stays.
 function saveInUrl(query, k) {
   const params = new URLSearchParams();
+  const backend = new URLSearchParams(location.search).get('backend');
+  if (backend) params.set('backend', backend);
   if (query.text !== undefined) params.set('q', query.text);
   else if (query.image !== undefined) params.set('image', query.image);
   else if (query.caption !== undefined) params.set('caption', query.caption);
@@ -246,12 +250,21 @@ window.addEventListener('popstate', () => {
   if (query) run(query, { push: false });
 });
 
-function showModel(manifest, backend) {
+function showBackend(backend) {
   const badge = $('backend');
   badge.textContent = backend.name;
-  badge.title = backend.reason;
+  badge.title = backend.detail;
   badge.dataset.backend = backend.webgpu ? 'webgpu' : 'wasm';
-  badge.after(el('span', { className: 'backend-reason', textContent: backend.reason }));
+  let reason = document.querySelector('.backend-reason');
+  if (!reason) {
+    reason = el('span', { className: 'backend-reason' });
+    badge.after(reason);
+  }
+  reason.textContent = backend.reason;
+}
+
+function showModel(manifest, backend) {
+  showBackend(backend);
   const m = manifest.model;
   $('model-card').replaceChildren(
     el('span', { textContent: m.name }),
@@ -275,7 +288,8 @@ async function main() {
   }
   try {
     const started = performance.now();
-    const init = await ask('init');
+    // ?backend=auto|cpu|gpu: where the encoders run (auto: WebGPU on a real GPU, else WASM SIMD).
+    const init = await ask('init', { backend: new URL(location.href).searchParams.get('backend') || 'auto' });
     state.manifest = init.manifest;
     state.imageIds = init.images.ids;
     state.textIds = init.texts.ids;

@@ -1,6 +1,6 @@
 // The worker owns the wasm module: it downloads (with progress) and caches the model towers and the
 // bundles, embeds queries and searches, so the page never freezes while a model loads or runs.
-import init, { WasmEncoder, WasmGallery } from './pkg/tuwen.js';
+import init, { WasmEncoder, WasmGallery, openBackend } from './pkg/tuwen.js';
 
 // Versioned URLs (…?v=<sha256>) are immutable: one cache for all of them, old versions pruned.
 const ASSET_CACHE = 'tuwen-assets-v1';
@@ -100,27 +100,30 @@ function explainLoadFailure(e, what) {
   return e;
 }
 
-// WebGPU is detected and reported; this build runs the encoders on WASM SIMD (the WebGPU kernels are
-// not part of it), and the page says so instead of implying otherwise.
-async function detectBackend() {
-  let reason;
-  if (!('gpu' in navigator) || !navigator.gpu) {
-    reason = '此浏览器未提供 WebGPU';
-  } else {
-    let adapter = null;
-    try {
-      adapter = await navigator.gpu.requestAdapter();
-    } catch (e) {
-      reason = `WebGPU 适配器请求失败：${e.message}`;
-    }
-    if (!reason) {
-      reason = adapter ? '检测到 WebGPU 适配器，但此版本的编码器尚无 WebGPU 内核' : '没有可用的 WebGPU 适配器';
-    }
-  }
-  return { name: 'WASM SIMD', webgpu: false, reason };
+// The backend badge: the Rust side's report ({backend, detail}) in the page's words.
+function describeBackend(report, override) {
+  if (report.backend === 'gpu') return { name: 'WebGPU', webgpu: true, reason: `WebGPU：${report.detail}`, detail: report.detail };
+  let reason = report.detail;
+  if (override) reason = override;
+  else if (/CPU-emulated/.test(report.detail)) reason = '唯一的 WebGPU 适配器是 CPU 模拟（如 SwiftShader），比 WASM SIMD 更慢；加 ?backend=gpu 可强制使用';
+  else if (/no GPU adapter/.test(report.detail)) reason = '没有可用的 WebGPU 适配器';
+  else if (/fell back/.test(report.detail)) reason = `GPU 设备丢失，已回退到 WASM SIMD（${report.detail}）`;
+  else if (/chosen/.test(report.detail)) reason = '已按 ?backend=cpu 使用 WASM SIMD';
+  return { name: 'WASM SIMD', webgpu: false, reason, detail: report.detail };
 }
 
-async function start() {
+// Resolves the page's ?backend= (auto | cpu | gpu) once; the towers then load onto what it found.
+async function detectBackend(choice) {
+  if (!['auto', 'cpu', 'gpu'].includes(choice)) choice = 'auto';
+  if (choice !== 'cpu' && !navigator.gpu) return describeBackend(await openBackend('cpu'), '此浏览器未提供 WebGPU');
+  try {
+    return describeBackend(await openBackend(choice));
+  } catch (e) {
+    return describeBackend(await openBackend('cpu'), `WebGPU 不可用（${e.message}），使用 WASM SIMD`);
+  }
+}
+
+async function start({ backend: choice }) {
   const response = await fetch('manifest.json', { cache: 'no-cache' }).catch((e) => {
     throw new UserError(`无法读取站点清单 manifest.json：${e.message}`);
   });
@@ -133,7 +136,7 @@ async function start() {
   } catch (e) {
     throw new UserError(`WebAssembly 模块无法启动（需要支持 WASM SIMD 的浏览器：Chrome 91+、Firefox 89+、Safari 16.4+）：${e.message}`);
   }
-  backend = await detectBackend();
+  backend = await detectBackend(choice || 'auto');
   const [images, texts] = await Promise.all([
     fetchAsset(manifest.images.bundle, '图片索引'),
     fetchAsset(manifest.texts.bundle, '文本索引'),
@@ -155,7 +158,7 @@ function encoder(tower) {
       const bytes = await fetchAsset(manifest.towers[tower], label);
       let model;
       try {
-        model = WasmEncoder.fromGguf(bytes, tower);
+        model = await WasmEncoder.fromGguf(bytes, tower, backend.webgpu ? 'gpu' : 'cpu');
       } catch (e) {
         throw explainLoadFailure(e, label);
       }
@@ -168,14 +171,15 @@ function encoder(tower) {
   return encoders[tower];
 }
 
-// Runs `embed` with the tower loaded (timing the load separately), then searches.
+// Runs `embed` with the tower loaded (timing the load separately), then searches. Reports the backend
+// the query ran on: a lost GPU moves the towers to the CPU.
 async function timed(tower, embed) {
   const t0 = now();
   const model = await encoder(tower);
   const t1 = now();
-  const query = embed(model);
+  const query = await embed(model);
   const t2 = now();
-  return { query, timings: { load: t1 - t0, encode: t2 - t1 } };
+  return { query, timings: { load: t1 - t0, encode: t2 - t1 }, backend: describeBackend(model.backend) };
 }
 
 function search(gallery, query, k) {
@@ -188,15 +192,15 @@ const handlers = {
   init: start,
   async text({ text, k }) {
     if (!text.trim()) throw new UserError('请输入要搜索的文字');
-    const { query, timings } = await timed('text', (m) => m.embedText(text));
+    const { query, timings, backend: ran } = await timed('text', (m) => m.embedText(text));
     const images = search('images', query, k);
-    return { images: images.hits, timings: { ...timings, search: images.ms } };
+    return { images: images.hits, timings: { ...timings, search: images.ms }, backend: ran };
   },
   async image({ bytes, name, k }) {
-    const { query, timings } = await timed('vision', (m) => m.embedImage(new Uint8Array(bytes), name));
+    const { query, timings, backend: ran } = await timed('vision', (m) => m.embedImage(new Uint8Array(bytes), name));
     const texts = search('texts', query, k);
     const images = search('images', query, k);
-    return { texts: texts.hits, images: images.hits, timings: { ...timings, search: texts.ms + images.ms } };
+    return { texts: texts.hits, images: images.hits, timings: { ...timings, search: texts.ms + images.ms }, backend: ran };
   },
   // A gallery image or caption as the query: its stored embedding, no encoder needed.
   async galleryImage({ index, k }) {

@@ -218,19 +218,40 @@ test('after one visit the page works offline (service worker + Cache API)', asyn
 });
 
 test('the backend badge tells the truth with and without WebGPU', async () => {
-  const withFlag = await openPage(server.url);
-  const reason = await withFlag.page.textContent('.backend-reason');
-  assert.match(reason, /WebGPU 适配器/, 'the adapter is found and reported');
-  assert.equal(await withFlag.page.getAttribute('#backend', 'data-backend'), 'wasm');
-  await withFlag.context.close();
+  // auto: the only adapter headless Chromium has is SwiftShader, a CPU emulation — WASM SIMD is faster.
+  const auto = await openPage(server.url);
+  assert.equal(await auto.page.getAttribute('#backend', 'data-backend'), 'wasm');
+  assert.match(await auto.page.textContent('.backend-reason'), /CPU 模拟/);
+  await auto.context.close();
   const plain = await chromium.launch({ executablePath: CHROMIUM, args: chromiumArgs({ webgpu: false }) });
   try {
-    const page = await plain.newPage();
-    await page.goto(server.url);
-    await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
-    assert.equal(await page.textContent('#backend'), 'WASM SIMD');
-    assert.match(await page.textContent('.backend-reason'), /没有可用的 WebGPU 适配器|未提供 WebGPU/);
+    for (const url of [server.url, `${server.url}?backend=gpu`]) {
+      const page = await plain.newPage();
+      await page.goto(url);
+      await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+      assert.equal(await page.textContent('#backend'), 'WASM SIMD', url);
+      assert.match(await page.textContent('.backend-reason'), /没有可用的 WebGPU 适配器|未提供 WebGPU|WebGPU 不可用/, url);
+      await page.close();
+    }
   } finally {
     await plain.close();
   }
+});
+
+test('?backend=gpu runs the encoders on WebGPU, with the native CLI\'s results', async () => {
+  const { context, page } = await openPage(`${server.url}?backend=gpu&q=${encodeURIComponent('白色背景上的一个红色圆形')}&k=${K}`);
+  assert.equal(await page.textContent('#backend'), 'WebGPU');
+  assert.equal(await page.getAttribute('#backend', 'data-backend'), 'webgpu');
+  assert.match(await page.textContent('.backend-reason'), /^WebGPU：/);
+  await page.waitForFunction((k) => document.querySelectorAll('#image-results li.result').length === k, K);
+  const cli = cliSearch('text', 'images.bundle', ['--text', '白色背景上的一个红色圆形'], K);
+  assertSameRanking(await textResults(page), cli, 'WebGPU text query');
+  assert.equal(await page.textContent('#backend'), 'WebGPU', 'still on the GPU after the query');
+  await page.setInputFiles('#image-input', path.join(gallery, 'images', 'demo-0003.jpg'));
+  await page.waitForFunction((k) => document.querySelectorAll('#text-results li.result').length === k, K);
+  const cliTexts = cliSearch('vision', 'texts.bundle', ['--image', path.join(gallery, 'images', 'demo-0003.jpg')], K);
+  assertSameRanking(await captionResults(page), cliTexts, 'WebGPU image query');
+  assert.match(new URL(page.url()).search, /backend=gpu/, 'the choice stays in the URL');
+  assert.deepEqual(page.errors, []);
+  await context.close();
 });

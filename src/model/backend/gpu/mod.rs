@@ -142,7 +142,7 @@ impl Gpu {
             .map_err(|e| anyhow!("no GPU adapter ({e})"))?;
         let info = adapter.get_info();
         let summary = AdapterSummary {
-            name: if info.name.is_empty() { "unnamed adapter".into() } else { info.name.clone() },
+            name: if info.name.is_empty() { "a WebGPU adapter that gives no name".into() } else { info.name.clone() },
             api: format!("{:?}", info.backend).to_lowercase().replace("browserwebgpu", "webgpu"),
             emulated: info.device_type == wgpu::DeviceType::Cpu,
         };
