@@ -15,8 +15,11 @@ use std::sync::{Arc, Mutex};
 
 /// Texts per forward pass (padded to the longest text of the batch).
 pub const TEXT_BATCH: usize = 32;
-/// Images per forward pass.
+/// Images per forward pass on the CPU (larger batches only cost memory there).
 pub const IMAGE_BATCH: usize = 8;
+/// Images per forward pass on the GPU, which needs wide products to fill its cores (fc1's output is
+/// 32 × 197 × 3072 floats, 77 MB, within WebGPU's default 128 MiB binding limit).
+pub const GPU_IMAGE_BATCH: usize = 32;
 
 /// What is known about the loaded model, for logs, the page and bundles.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -285,7 +288,8 @@ impl Encoder {
     pub async fn embed_pixels_async(&self, images: &[Pixels]) -> Result<Vec<Vec<f32>>> {
         let size = self.preprocess.image_size;
         let mut out = Vec::with_capacity(images.len());
-        for chunk in images.chunks(IMAGE_BATCH) {
+        let batch = if self.engine().gpu().is_some() { GPU_IMAGE_BATCH } else { IMAGE_BATCH };
+        for chunk in images.chunks(batch) {
             let mut data = Vec::with_capacity(chunk.len() * 3 * size * size);
             for px in chunk {
                 if px.size != size {
