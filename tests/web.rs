@@ -67,6 +67,16 @@ fn image_bytes(name: &str) -> &'static [u8] {
     }
 }
 
+/// `n` values in [-1, 1) from a seeded LCG (reproducible test inputs).
+fn pseudo_random(seed: &mut u64, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
@@ -112,14 +122,7 @@ async fn wasm_quantized_embeddings_equal_native() {
 fn wasm_q8_kernel_matches_reference() {
     use tuwen::model::q8::{Q8Matrix, BLOCK};
     let mut seed = 7u64;
-    let mut random = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    };
+    let mut random = |n: usize| pseudo_random(&mut seed, n);
     for (rows, out_dim, in_dim) in [(1, 16, 32), (3, 5, 64), (6, 37, 96), (52, 48, 256)] {
         let w = Q8Matrix::quantize(out_dim, in_dim, &random(out_dim * in_dim));
         let (x, bias) = (random(rows * in_dim), random(out_dim));
@@ -186,14 +189,7 @@ async fn webgpu_kernels_match_the_cpu_backend() {
     use tuwen::model::q8::Q8Matrix;
     let gpu = Gpu::new(true).await.map_err(|e| format!("{e:#}")).unwrap();
     let mut seed = 11u64;
-    let mut random = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    };
+    let mut random = |n: usize| pseudo_random(&mut seed, n);
     async fn product<B: Backend>(b: &B, p: LinearParams, x: &[f32], rows: usize) -> Vec<f32> {
         let layer = b.linear(p.clone()).unwrap();
         let x = b.upload(x, rows, p.in_dim).unwrap();

@@ -158,7 +158,14 @@ function encoder(tower) {
       const bytes = await fetchAsset(manifest.towers[tower], label);
       let model;
       try {
-        model = await WasmEncoder.fromGguf(bytes, tower, backend.webgpu ? 'gpu' : 'cpu');
+        try {
+          model = await WasmEncoder.fromGguf(bytes, tower, backend.webgpu ? 'gpu' : 'cpu');
+        } catch (e) {
+          if (!backend.webgpu) throw e;
+          // The GPU refused the tower (memory, a lost device): run it on the CPU and say so.
+          model = await WasmEncoder.fromGguf(bytes, tower, 'cpu');
+          model.fellBack = describeBackend({ backend: 'cpu', detail: String(e.message || e) }, `WebGPU 无法加载${label}（${e.message || e}），已改用 WASM SIMD`);
+        }
       } catch (e) {
         throw explainLoadFailure(e, label);
       }
@@ -179,7 +186,7 @@ async function timed(tower, embed) {
   const t1 = now();
   const query = await embed(model);
   const t2 = now();
-  return { query, timings: { load: t1 - t0, encode: t2 - t1 }, backend: describeBackend(model.backend) };
+  return { query, timings: { load: t1 - t0, encode: t2 - t1 }, backend: model.fellBack || describeBackend(model.backend) };
 }
 
 function search(gallery, query, k) {
