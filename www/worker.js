@@ -178,6 +178,13 @@ function encoder(tower) {
   return encoders[tower];
 }
 
+// Where a tower's last query ran: the page's backend, unless the tower fell back to the CPU since.
+function ranOn(model) {
+  if (model.fellBack) return model.fellBack;
+  const report = model.backend;
+  return report.backend === 'gpu' || /fell back/.test(report.detail) ? describeBackend(report) : backend;
+}
+
 // Runs `embed` with the tower loaded (timing the load separately), then searches. Reports the backend
 // the query ran on: a lost GPU moves the towers to the CPU.
 async function timed(tower, embed) {
@@ -186,7 +193,7 @@ async function timed(tower, embed) {
   const t1 = now();
   const query = await embed(model);
   const t2 = now();
-  return { query, timings: { load: t1 - t0, encode: t2 - t1 }, backend: model.fellBack || describeBackend(model.backend) };
+  return { query, timings: { load: t1 - t0, encode: t2 - t1 }, backend: ranOn(model) };
 }
 
 function search(gallery, query, k) {

@@ -222,6 +222,10 @@ test('the backend badge tells the truth with and without WebGPU', async () => {
   const auto = await openPage(server.url);
   assert.equal(await auto.page.getAttribute('#backend', 'data-backend'), 'wasm');
   assert.match(await auto.page.textContent('.backend-reason'), /CPU 模拟/);
+  await auto.page.fill('#text-query', '红色圆形');
+  await auto.page.click('#text-search');
+  await auto.page.waitForFunction((k) => document.querySelectorAll('#image-results li.result').length === k, K);
+  assert.match(await auto.page.textContent('.backend-reason'), /CPU 模拟/, 'a query keeps the reason');
   await auto.context.close();
   const plain = await chromium.launch({ executablePath: CHROMIUM, args: chromiumArgs({ webgpu: false }) });
   try {
