@@ -250,6 +250,7 @@ test('?backend=gpu runs the encoders on WebGPU, with the native CLI\'s results',
   await page.waitForFunction((k) => document.querySelectorAll('#image-results li.result').length === k, K);
   const cli = cliSearch('text', 'images.bundle', ['--text', '白色背景上的一个红色圆形'], K);
   assertSameRanking(await textResults(page), cli, 'WebGPU text query');
+  await snap(page, '4-webgpu-text-query');
   assert.equal(await page.textContent('#backend'), 'WebGPU', 'still on the GPU after the query');
   await page.setInputFiles('#image-input', path.join(gallery, 'images', 'demo-0003.jpg'));
   await page.waitForFunction((k) => document.querySelectorAll('#text-results li.result').length === k, K);

@@ -142,7 +142,8 @@ impl Gpu {
             .map_err(|e| anyhow!("no GPU adapter ({e})"))?;
         let info = adapter.get_info();
         let summary = AdapterSummary {
-            name: if info.name.is_empty() { "a WebGPU adapter that gives no name".into() } else { info.name.clone() },
+            // Browsers do not name their adapters.
+            name: if info.name.is_empty() { "browser adapter".into() } else { info.name.clone() },
             api: format!("{:?}", info.backend).to_lowercase().replace("browserwebgpu", "webgpu"),
             emulated: info.device_type == wgpu::DeviceType::Cpu,
         };
