@@ -53,7 +53,7 @@ fn warn(message: &str) {
 pub struct Encoder {
     engine: Mutex<Arc<Engine>>,
     /// On the GPU, the parameters again, to move to the CPU if the device is lost.
-    fallback: Option<(Params, ClipConfig, Towers)>,
+    fallback: Option<(Params, Towers)>,
     backend: Mutex<BackendReport>,
     config: ClipConfig,
     tokenizer: Option<TextTokenizer>,
@@ -86,7 +86,7 @@ impl Placement {
 impl Encoder {
     fn new(params: Params, config: ClipConfig, towers: Towers, at: Placement, rest: Loaded) -> Result<Self> {
         let engine = Engine::load(at.gpu.as_ref(), &params, &config, towers)?;
-        let fallback = at.gpu.is_some().then(|| (params, config.clone(), towers));
+        let fallback = at.gpu.is_some().then_some((params, towers));
         Ok(Self {
             engine: Mutex::new(Arc::new(engine)),
             fallback,
@@ -225,11 +225,11 @@ impl Encoder {
     {
         let engine = self.engine();
         let result = job(engine.clone()).await;
-        let (Err(e), Some(gpu), Some((params, config, towers))) = (&result, engine.gpu(), &self.fallback) else {
+        let (Err(e), Some(gpu), Some((params, towers))) = (&result, engine.gpu(), &self.fallback) else {
             return result;
         };
         let Some(failure) = gpu.failure() else { return result };
-        let cpu = Arc::new(Engine::load(None, params, config, *towers).context("moving the encoders to the CPU")?);
+        let cpu = Arc::new(Engine::load(None, params, &self.config, *towers).context("moving the encoders to the CPU")?);
         *self.engine.lock().unwrap() = cpu.clone();
         let report = BackendReport { backend: "cpu".into(), detail: format!("fell back from the GPU: {failure}") };
         warn(&format!("{report} (the failed call: {e:#})"));

@@ -106,12 +106,19 @@ impl GpuTensor {
     }
 }
 
-/// Weights as stored on the GPU.
-pub enum GpuLinear {
+/// A dense layer's weights and bias as stored on the GPU.
+pub struct GpuLinear {
+    weights: GpuWeights,
+    bias: Option<wgpu::Buffer>,
+    in_dim: usize,
+    out_dim: usize,
+}
+
+enum GpuWeights {
     /// q8_0: `[out][in/4]` words of 4 signed quants and `[out][in/32]` scales.
-    Quantized { quants: wgpu::Buffer, scales: wgpu::Buffer, bias: Option<wgpu::Buffer>, in_dim: usize, out_dim: usize },
+    Quantized { quants: wgpu::Buffer, scales: wgpu::Buffer },
     /// f32 `[out][in]`.
-    Dense { weight: wgpu::Buffer, bias: Option<wgpu::Buffer>, in_dim: usize, out_dim: usize },
+    Dense(wgpu::Buffer),
 }
 
 pub struct GpuNorm {
@@ -286,50 +293,6 @@ impl Gpu {
         self.dispatch(kernel, params, buffers, grid(threads.div_ceil(64)));
     }
 
-    fn product(&self, x: &GpuTensor, layer: &GpuLinear, act: Option<Activation>, residual: Option<&GpuTensor>) -> Result<GpuTensor> {
-        let (in_dim, out_dim, bias) = match layer {
-            GpuLinear::Quantized { in_dim, out_dim, bias, .. } | GpuLinear::Dense { in_dim, out_dim, bias, .. } => {
-                (*in_dim, *out_dim, bias)
-            }
-        };
-        if x.cols != in_dim {
-            bail!("a [{}, {}] activation cannot go through a layer of input width {in_dim}", x.rows, x.cols);
-        }
-        if let Some(r) = residual {
-            if r.dims() != (x.rows, out_dim) {
-                bail!("residual {:?} does not match the product [{}, {out_dim}]", r.dims(), x.rows);
-            }
-        }
-        let out = self.tensor(x.rows, out_dim);
-        let activation = match act {
-            None => 0,
-            Some(Activation::Gelu) => 1,
-            Some(Activation::QuickGelu) => 2,
-        };
-        let params =
-            [x.rows as u32, out_dim as u32, in_dim as u32, bias.is_some() as u32, activation, residual.is_some() as u32];
-        let empty = &self.inner.empty;
-        let epilogue = [bias.as_ref().unwrap_or(empty), residual.map(GpuTensor::buffer).unwrap_or(empty), out.buffer()];
-        let groups = (out_dim.div_ceil(64) as u32, x.rows.div_ceil(64) as u32);
-        if groups.1 > MAX_GROUPS {
-            bail!("{} rows are more than one product can take; use smaller batches", x.rows);
-        }
-        let k = &self.inner.kernels;
-        match layer {
-            GpuLinear::Quantized { quants, scales, .. } => {
-                let blocks = x.rows * in_dim / 32;
-                let (xq, xs) = (self.tensor(blocks, 8), self.tensor(blocks, 1));
-                self.dispatch_flat(&k.quantize_rows, &[blocks as u32], &[x.buffer(), xq.buffer(), xs.buffer()], blocks);
-                let inputs = [xq.buffer(), xs.buffer(), quants, scales];
-                self.dispatch(&k.matmul_q8, &params, &[&epilogue[..], &inputs[..]].concat(), groups);
-            }
-            GpuLinear::Dense { weight, .. } => {
-                self.dispatch(&k.matmul_f32, &params, &[&epilogue[..], &[x.buffer(), weight][..]].concat(), groups);
-            }
-        }
-        Ok(out)
-    }
-
     fn gather_rows(&self, src: &wgpu::Buffer, cols: usize, ids: &[u32]) -> GpuTensor {
         let out = self.tensor(ids.len(), cols);
         let ids_buffer = self.storage("row ids", bytemuck::cast_slice(if ids.is_empty() { &[0u32; 4][..] } else { ids }));
@@ -437,7 +400,7 @@ impl Backend for Gpu {
 
     fn linear(&self, p: LinearParams) -> Result<GpuLinear> {
         let bias = p.bias.as_deref().map(|b| self.f32_storage("bias", b));
-        Ok(match &p.matrix {
+        let weights = match &p.matrix {
             Matrix::Quantized(q) => {
                 let blocks = p.in_dim / 32;
                 let mut quants = Vec::with_capacity(p.out_dim * p.in_dim / 4);
@@ -449,21 +412,14 @@ impl Backend for Gpu {
                         scales.push(scale);
                     }
                 }
-                GpuLinear::Quantized {
+                GpuWeights::Quantized {
                     quants: self.storage("q8_0 quants", bytemuck::cast_slice(&quants)),
                     scales: self.f32_storage("q8_0 scales", &scales),
-                    bias,
-                    in_dim: p.in_dim,
-                    out_dim: p.out_dim,
                 }
             }
-            Matrix::Dense(w) => GpuLinear::Dense {
-                weight: self.f32_storage("weight", &w.flatten_all()?.to_vec1::<f32>()?),
-                bias,
-                in_dim: p.in_dim,
-                out_dim: p.out_dim,
-            },
-        })
+            Matrix::Dense(w) => GpuWeights::Dense(self.f32_storage("weight", &w.flatten_all()?.to_vec1::<f32>()?)),
+        };
+        Ok(GpuLinear { weights, bias, in_dim: p.in_dim, out_dim: p.out_dim })
     }
 
     fn norm(&self, p: NormParams) -> Result<GpuNorm> {
@@ -505,7 +461,43 @@ impl Backend for Gpu {
     }
 
     fn linear_forward(&self, x: &GpuTensor, layer: &GpuLinear, act: Option<Activation>, residual: Option<&GpuTensor>) -> Result<GpuTensor> {
-        self.product(x, layer, act, residual)
+        let (in_dim, out_dim, bias) = (layer.in_dim, layer.out_dim, &layer.bias);
+        if x.cols != in_dim {
+            bail!("a [{}, {}] activation cannot go through a layer of input width {in_dim}", x.rows, x.cols);
+        }
+        if let Some(r) = residual {
+            if r.dims() != (x.rows, out_dim) {
+                bail!("residual {:?} does not match the product [{}, {out_dim}]", r.dims(), x.rows);
+            }
+        }
+        let out = self.tensor(x.rows, out_dim);
+        let activation = match act {
+            None => 0,
+            Some(Activation::Gelu) => 1,
+            Some(Activation::QuickGelu) => 2,
+        };
+        let params =
+            [x.rows as u32, out_dim as u32, in_dim as u32, bias.is_some() as u32, activation, residual.is_some() as u32];
+        let empty = &self.inner.empty;
+        let epilogue = [bias.as_ref().unwrap_or(empty), residual.map(GpuTensor::buffer).unwrap_or(empty), out.buffer()];
+        let groups = (out_dim.div_ceil(64) as u32, x.rows.div_ceil(64) as u32);
+        if groups.1 > MAX_GROUPS {
+            bail!("{} rows are more than one product can take; use smaller batches", x.rows);
+        }
+        let k = &self.inner.kernels;
+        match &layer.weights {
+            GpuWeights::Quantized { quants, scales } => {
+                let blocks = x.rows * in_dim / 32;
+                let (xq, xs) = (self.tensor(blocks, 8), self.tensor(blocks, 1));
+                self.dispatch_flat(&k.quantize_rows, &[blocks as u32], &[x.buffer(), xq.buffer(), xs.buffer()], blocks);
+                let inputs = [xq.buffer(), xs.buffer(), quants, scales];
+                self.dispatch(&k.matmul_q8, &params, &[&epilogue[..], &inputs[..]].concat(), groups);
+            }
+            GpuWeights::Dense(weight) => {
+                self.dispatch(&k.matmul_f32, &params, &[&epilogue[..], &[x.buffer(), weight][..]].concat(), groups);
+            }
+        }
+        Ok(out)
     }
 
     fn layer_norm(&self, x: &GpuTensor, n: &GpuNorm) -> Result<GpuTensor> {
