@@ -118,14 +118,26 @@ serve() {
   target/release/tuwen serve --dir "${1:-site}" --port "${TUWEN_PORT:-8080}"
 }
 
+# Every layer runs even when an earlier one fails (cargo's --no-fail-fast runs every test binary too), so
+# one run reports everything; the command fails if any layer did.
 run_tests() {
+  local failed=()
   log "native tests"
-  cargo test --release
+  cargo test --release --no-fail-fast || failed+=("native (cargo test)")
   log "wasm tests in headless Chromium"
-  CHROMEDRIVER=$(command -v chromedriver) cargo test --release --target wasm32-unknown-unknown --no-default-features --test web
+  CHROMEDRIVER=$(command -v chromedriver) cargo test --release --target wasm32-unknown-unknown --no-default-features --test web \
+    || failed+=("wasm (tests/web.rs in Chromium)")
   log "the page end to end (Playwright + Chromium)"
-  build_wasm
-  node --test --test-concurrency=1 tests/e2e/
+  if build_wasm; then
+    node --test --test-concurrency=1 tests/e2e/ || failed+=("page (tests/e2e)")
+  else
+    failed+=("page (the wasm package did not build)")
+  fi
+  if [ ${#failed[@]} -gt 0 ]; then
+    printf '\033[1;31m==> FAILED: %s\033[0m\n' "${failed[@]}" >&2
+    return 1
+  fi
+  log "all test layers passed"
 }
 
 case "${1:-}" in

@@ -36,9 +36,10 @@ pub fn parse_columns(bytes: &[u8], columns: &[&str]) -> Result<Vec<Row>> {
     let index: Vec<usize> = columns
         .iter()
         .map(|c| {
-            header.iter().position(|h| h == c).with_context(|| {
-                format!("missing column {c:?} (the header has: {})", header.join(", "))
-            })
+            header
+                .iter()
+                .position(|h| h == c)
+                .with_context(|| format!("missing column {c:?} (the header has: {})", header.join(", ")))
         })
         .collect::<Result<_>>()?;
     let mut rows = Vec::new();
@@ -51,9 +52,7 @@ pub fn parse_columns(bytes: &[u8], columns: &[&str]) -> Result<Vec<Row>> {
         let fields = index
             .iter()
             .zip(columns)
-            .map(|(&i, c)| {
-                record.get(i).map(|f| f.to_string()).with_context(|| format!("line {line}: no value for {c:?}"))
-            })
+            .map(|(&i, c)| record.get(i).map(|f| f.to_string()).with_context(|| format!("line {line}: no value for {c:?}")))
             .collect::<Result<Vec<_>>>()?;
         rows.push(Row { line, fields });
     }
@@ -116,25 +115,79 @@ pub fn read_image_list(path: &Path, images: &Path) -> Result<Vec<String>> {
     Ok(ids.into_iter().map(|(_, id)| id).collect())
 }
 
-/// Every id must name a file in `images`; lists up to ten that do not.
+/// Why `id` cannot name a file inside an images folder, if it cannot: an id is a relative path of plain
+/// names separated by `/` (sub-folders allowed). Absolute paths, `..`, `.`, empty parts, backslashes,
+/// colons (Windows drive letters and streams) and control characters are refused the same way on every OS.
+pub fn invalid_image_id(id: &str) -> Option<&'static str> {
+    if id.is_empty() {
+        return Some("it is empty");
+    }
+    if id.chars().any(char::is_control) {
+        return Some("it contains a control character");
+    }
+    if id.contains('\\') {
+        return Some("it contains a backslash (use / between folders)");
+    }
+    if id.contains(':') {
+        return Some("it contains a colon (a drive letter or stream name, not a file in the folder)");
+    }
+    if id.starts_with('/') {
+        return Some("it is an absolute path, not a file name inside the images folder");
+    }
+    if id.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+        return Some("it climbs out of or around the images folder (empty, '.' or '..' parts)");
+    }
+    None
+}
+
+/// The file `id` names inside `images`, checked: the id is a plain relative path, and the file it resolves
+/// to (symbolic links followed) lies inside `images` as well.
+pub fn image_path(images: &Path, id: &str) -> Result<std::path::PathBuf, String> {
+    if let Some(why) = invalid_image_id(id) {
+        return Err(format!("image id {id:?} is refused: {why}"));
+    }
+    let path = images.join(id);
+    let root = images.canonicalize().map_err(|e| format!("{}: {e}", images.display()))?;
+    match path.canonicalize() {
+        Ok(real) if real.starts_with(&root) => Ok(path),
+        Ok(real) => {
+            Err(format!("image id {id:?} is a symbolic link to {}, outside {} (refused)", real.display(), images.display()))
+        }
+        Err(_) => Err(format!("image id {id:?} has no file in {}", images.display())),
+    }
+}
+
+/// Every id must name a file inside `images`; lists up to ten that do not, with their lines.
 pub fn check_files(list: &Path, images: &Path, ids: &[(u64, String)]) -> Result<()> {
     if !images.is_dir() {
         bail!("{}: not a directory of images", images.display());
     }
-    let missing: Vec<String> = ids
-        .iter()
-        .filter(|(_, id)| !images.join(id).is_file())
-        .map(|(line, id)| format!("line {line}: {id}"))
-        .collect();
-    if !missing.is_empty() {
-        let shown = missing.iter().take(10).cloned().collect::<Vec<_>>().join("; ");
+    let mut refused = Vec::new();
+    let mut missing = Vec::new();
+    for (line, id) in ids {
+        match image_path(images, id) {
+            Ok(path) if path.is_file() => {}
+            Ok(_) => missing.push(format!("line {line}: {id}")),
+            Err(why) if invalid_image_id(id).is_some() || why.contains("symbolic link") => {
+                refused.push(format!("line {line}: {why}"))
+            }
+            Err(_) => missing.push(format!("line {line}: {id}")),
+        }
+    }
+    let shown = |v: &[String]| {
+        format!("{}{}", v.iter().take(10).cloned().collect::<Vec<_>>().join("; "), if v.len() > 10 { "; …" } else { "" })
+    };
+    if !refused.is_empty() {
         bail!(
-            "{}: {} image id(s) have no file in {}: {shown}{}",
+            "{}: {} image id(s) do not name a file inside {}: {}",
             list.display(),
-            missing.len(),
+            refused.len(),
             images.display(),
-            if missing.len() > 10 { "; …" } else { "" }
+            shown(&refused)
         );
+    }
+    if !missing.is_empty() {
+        bail!("{}: {} image id(s) have no file in {}: {}", list.display(), missing.len(), images.display(), shown(&missing));
     }
     Ok(())
 }
@@ -148,6 +201,7 @@ pub fn list_images(dir: &Path) -> Result<Vec<String>> {
         let ext = path.extension().and_then(|e| e.to_str()).map(str::to_lowercase).unwrap_or_default();
         if path.is_file() && EXTENSIONS.contains(&ext.as_str()) {
             if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                image_path(dir, name).map_err(|why| anyhow::anyhow!("{}: {why}", dir.display()))?;
                 ids.push(name.to_string());
             }
         }
@@ -205,6 +259,56 @@ mod tests {
         let rows = parse_columns(b"text_id,caption\n1,x\n2,y\n1,z\n", &["text_id", "caption"]).unwrap();
         let err = check_ids(&rows, "text_id").unwrap_err().to_string();
         assert!(err.contains("line 4") && err.contains("first on line 2"), "{err}");
+    }
+
+    #[test]
+    fn ids_that_leave_the_folder_are_refused_on_every_os() {
+        for id in [
+            "/abs/path.jpg",
+            "../x.jpg",
+            "a/../../x.jpg",
+            "a//b.jpg",
+            "./x.jpg",
+            "a\\b.jpg",
+            "C:\\x.jpg",
+            "C:x.jpg",
+            "x.jpg:stream",
+            "nul\0.jpg",
+            "tab\t.jpg",
+            "",
+            "a/",
+            "..",
+            "\\\\server\\share\\x.jpg",
+        ] {
+            assert!(invalid_image_id(id).is_some(), "{id:?} was accepted");
+        }
+        for id in ["x.jpg", "sub/x.jpg", "图片 1.jpg", "a.b..c.jpg", "..hidden.jpg"] {
+            assert_eq!(invalid_image_id(id), None, "{id:?}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symbolic_links_out_of_the_folder_are_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        let images = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret.jpg"), b"x").unwrap();
+        std::fs::write(images.path().join("in.jpg"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret.jpg"), images.path().join("link.jpg")).unwrap();
+        std::os::unix::fs::symlink(images.path().join("in.jpg"), images.path().join("inner-link.jpg")).unwrap();
+        assert!(image_path(images.path(), "in.jpg").is_ok());
+        assert!(image_path(images.path(), "inner-link.jpg").is_ok(), "a link that stays inside is fine");
+        let e = image_path(images.path(), "link.jpg").unwrap_err();
+        assert!(e.contains("symbolic link") && e.contains("outside"), "{e}");
+        let e = format!("{:#}", list_images(images.path()).unwrap_err());
+        assert!(e.contains("link.jpg"), "{e}");
+        let list = images.path().join("list.csv");
+        let e = format!(
+            "{:#}",
+            check_files(&list, images.path(), &[(2, "in.jpg".into()), (3, "link.jpg".into()), (4, "../x.jpg".into())])
+                .unwrap_err()
+        );
+        assert!(e.contains("line 3") && e.contains("line 4") && e.contains("do not name a file inside"), "{e}");
     }
 
     #[test]

@@ -31,6 +31,23 @@ pub fn resolve_now<F: std::future::Future>(future: F) -> anyhow::Result<F::Outpu
     let mut future = std::pin::pin!(future);
     match future.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
         std::task::Poll::Ready(value) => Ok(value),
-        std::task::Poll::Pending => anyhow::bail!("this needs the async API (the GPU in a browser answers asynchronously)"),
+        std::task::Poll::Pending => {
+            anyhow::bail!("this needs the async API (the GPU in a browser answers asynchronously)")
+        }
     }
+}
+
+/// Runs `job(0..n)` on rayon's persistent pool natively (every thread busy, no thread started per call),
+/// one after another in wasm (the page's module is single-threaded).
+pub fn parallel_for(n: usize, job: impl Fn(usize) + Sync + Send) {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        if n == 1 {
+            return job(0);
+        }
+        (0..n).into_par_iter().for_each(job);
+    }
+    #[cfg(target_arch = "wasm32")]
+    (0..n).for_each(job);
 }

@@ -81,16 +81,19 @@ fn a_site_holds_every_file_its_manifest_names_and_a_rerun_reuses_them() {
         let thumb = image::open(out.join(format!("{}{row}.jpg", m.thumbnails))).unwrap();
         let source = image::open(images.join(id)).unwrap();
         assert!(thumb.width().max(thumb.height()) <= tuwen::site::THUMBNAIL_SIDE);
-        let (ratio_thumb, ratio_src) = (thumb.width() as f32 / thumb.height() as f32, source.width() as f32 / source.height() as f32);
+        let (ratio_thumb, ratio_src) =
+            (thumb.width() as f32 / thumb.height() as f32, source.width() as f32 / source.height() as f32);
         assert!((ratio_thumb - ratio_src).abs() < 0.02, "thumbnail {row} keeps the aspect ratio of {id}");
     }
     assert!(!m.examples.is_empty() && m.examples.iter().all(|e| text_bundle.captions.as_ref().unwrap().contains(e)));
 
     // A second run reuses the towers, bundles and thumbnails.
     let modified = |p: &str| std::fs::metadata(out.join(p)).unwrap().modified().unwrap();
-    let before = ["models/text.gguf", "models/vision.gguf", "data/texts.bundle", "data/images.bundle", "thumbnails/0.jpg"].map(modified);
+    let before =
+        ["models/text.gguf", "models/vision.gguf", "data/texts.bundle", "data/images.bundle", "thumbnails/0.jpg"].map(modified);
     job(&tiny_model(), &pairs, &images, &pkg, &out).run().unwrap();
-    let after = ["models/text.gguf", "models/vision.gguf", "data/texts.bundle", "data/images.bundle", "thumbnails/0.jpg"].map(modified);
+    let after =
+        ["models/text.gguf", "models/vision.gguf", "data/texts.bundle", "data/images.bundle", "thumbnails/0.jpg"].map(modified);
     assert_eq!(before, after);
     assert_eq!(manifest(&out).towers.text.sha256, m.towers.text.sha256);
 }
@@ -142,8 +145,13 @@ fn bad_site_input_is_named() {
 }
 
 fn http_get(addr: &str, path: &str) -> (String, Vec<u8>) {
+    http(addr, "GET", path)
+}
+
+fn http(addr: &str, method: &str, path: &str) -> (String, Vec<u8>) {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).unwrap();
     let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
@@ -176,10 +184,38 @@ fn serve_gives_the_types_browsers_need_and_stays_in_its_folder() {
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     let (head, _) = http_get(&addr, "/%2e%2e/secret.txt");
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    // A symbolic link inside the folder to a file outside it is not served.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(dir.path().join("secret.txt"), site.join("link.txt")).unwrap();
+        let (head, body) = http_get(&addr, "/link.txt");
+        assert!(head.starts_with("HTTP/1.1 404") && !body.starts_with(b"outside"), "{head}");
+    }
+    // Only GET and HEAD.
+    for method in ["POST", "PUT", "DELETE"] {
+        let (head, body) = http(&addr, method, "/index.html");
+        assert!(head.starts_with("HTTP/1.1 405") && head.contains("Allow: GET, HEAD"), "{method}: {head}");
+        assert!(!String::from_utf8_lossy(&body).contains("<title>"), "{method} got the file");
+    }
+    // A client that asks for a large file and never reads it does not stall the others.
+    std::fs::write(site.join("big.bin"), vec![7u8; 64 << 20]).unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(s, "GET /big.bin HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        stalled.push(s);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (head, _) = http_get(&addr, "/index.html");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(stalled);
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tuwen")).args(["serve", "--dir", dir.path().to_str().unwrap()]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tuwen"))
+        .args(["serve", "--dir", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no index.html"));
 }

@@ -2,6 +2,7 @@
 //! their projections into the shared, L2-normalised embedding space, on the CPU or the GPU.
 
 pub mod backend;
+pub mod math;
 pub mod params;
 pub mod q8;
 pub mod random;

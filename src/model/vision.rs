@@ -37,9 +37,9 @@ impl<B: Backend> Layer<B> {
     }
 
     fn forward(&self, b: &B, x: B::Tensor, shape: AttentionShape, act: Activation) -> Result<B::Tensor> {
-        let qkv = b.linear_forward(&b.layer_norm(&x, &self.norm1)?, &self.qkv, None, None)?;
+        let qkv = b.norm_linear_forward(&x, &self.norm1, &self.qkv, None, None)?;
         let x = b.linear_forward(&b.attention(&qkv, shape, None)?, &self.out, None, Some(&x))?;
-        let inner = b.linear_forward(&b.layer_norm(&x, &self.norm2)?, &self.fc1, Some(act), None)?;
+        let inner = b.norm_linear_forward(&x, &self.norm2, &self.fc1, Some(act), None)?;
         b.linear_forward(&inner, &self.fc2, None, Some(&x))
     }
 }
@@ -95,8 +95,7 @@ impl<B: Backend> VisionTower<B> {
         for layer in &self.layers {
             x = layer.forward(b, x, shape, self.activation)?;
         }
-        let cls = b.layer_norm(&b.first_tokens(&x, tokens)?, &self.post_norm)?;
-        b.linear_forward(&cls, &self.projection, None, None)
+        b.norm_linear_forward(&b.first_tokens(&x, tokens)?, &self.post_norm, &self.projection, None, None)
     }
 
     pub fn image_size(&self) -> usize {

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: fixture paths, the optional ../shared data, vector maths.
 #![allow(dead_code)]
 
+pub mod ops;
+
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -63,4 +65,48 @@ pub fn sample_captions(shared: &Path) -> Vec<(String, String)> {
     let path = shared.join("data/teddy2024-sample/ImageWordData.csv");
     let mut reader = csv::Reader::from_path(&path).unwrap();
     reader.records().map(|r| r.unwrap()).map(|r| (r[0].trim_start_matches('\u{feff}').to_string(), r[1].to_string())).collect()
+}
+
+/// What q8_0 guarantees against its f32 model on the tiny fixture, on every machine: cosine of each input's
+/// embedding ≥ `Q8_MIN_COSINE`, and their mean ≥ `Q8_MEAN_COSINE`. Not an exact comparison between two q8_0
+/// runs: activations are re-quantized to int8 before every product, so a 1-ulp difference upstream (another
+/// backend's summation order, another CPU's libm) can flip an int8 step. tests/q8_fidelity.rs proves these
+/// bounds still catch a wrong kernel.
+pub const Q8_MIN_COSINE: f32 = 0.995;
+pub const Q8_MEAN_COSINE: f32 = 0.999;
+
+/// (mean, min) cosine of paired embeddings.
+pub fn fidelity(a: &[Vec<f32>], b: &[Vec<f32>]) -> (f32, f32) {
+    assert_eq!(a.len(), b.len());
+    let cosines: Vec<f32> = a.iter().zip(b).map(|(x, y)| cosine(x, y)).collect();
+    (cosines.iter().sum::<f32>() / cosines.len() as f32, cosines.iter().cloned().fold(1.0, f32::min))
+}
+
+pub fn meets_q8_bounds((mean, min): (f32, f32)) -> bool {
+    mean >= Q8_MEAN_COSINE && min >= Q8_MIN_COSINE
+}
+
+/// The fixture's texts and images (every colour mode) embedded by `encoder`, texts batched.
+pub fn fixture_embeddings(encoder: &tuwen::Encoder) -> Vec<Vec<f32>> {
+    let reference = reference();
+    let texts: Vec<&str> = reference.texts.iter().map(|t| t.text.as_str()).collect();
+    let mut out = encoder.embed_texts(&texts).unwrap();
+    for i in &reference.images {
+        out.push(encoder.embed_image_file(&fixtures().join("images").join(&i.file)).unwrap());
+    }
+    out
+}
+
+/// The tiny fixture quantized to q8_0 in memory (both towers).
+pub fn tiny_q8_0_gguf() -> Vec<u8> {
+    let dir = tiny_model();
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    tuwen::quantize::quantize_safetensors_bytes(
+        &String::from_utf8(read("config.json")).unwrap(),
+        &String::from_utf8(read("vocab.txt")).unwrap(),
+        &read("model.safetensors"),
+        "q8_0".parse().unwrap(),
+        tuwen::Towers::Both,
+    )
+    .unwrap()
 }

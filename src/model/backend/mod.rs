@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod reference;
 
 use super::params::{LinearParams, NormParams};
 use crate::config::Activation;
@@ -15,6 +16,7 @@ use std::future::Future;
 
 pub use cpu::Cpu;
 pub use gpu::Gpu;
+pub use reference::Reference;
 
 /// Attention heads over a fused `[batch·seq, 3·hidden]` query|key|value activation.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +54,18 @@ pub trait Backend {
         residual: Option<&Self::Tensor>,
     ) -> Result<Self::Tensor>;
     fn layer_norm(&self, x: &Self::Tensor, norm: &Self::Norm) -> Result<Self::Tensor>;
+    /// `linear_forward(layer_norm(x))`: a backend may fuse the two (the CPU backend normalises straight into
+    /// the product's quantized input).
+    fn norm_linear_forward(
+        &self,
+        x: &Self::Tensor,
+        norm: &Self::Norm,
+        layer: &Self::Linear,
+        activation: Option<Activation>,
+        residual: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        self.linear_forward(&self.layer_norm(x, norm)?, layer, activation, residual)
+    }
     /// Scaled dot-product attention per head, softmax over keys; `mask_bias` `[batch, seq]` is added to every
     /// query's scores (0 for tokens, a large negative number for padding). → `[batch·seq, hidden]`.
     fn attention(&self, qkv: &Self::Tensor, shape: AttentionShape, mask_bias: Option<&Self::Tensor>) -> Result<Self::Tensor>;

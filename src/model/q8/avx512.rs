@@ -4,6 +4,7 @@
 
 use super::{Q8Rows, TileOut, TileView, BLOCK, TILE, TILE_BLOCK_BYTES};
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 pub fn available() -> bool {
     use std::sync::OnceLock;
@@ -30,18 +31,18 @@ pub unsafe fn quantize_block(x: &[f32], q: &mut [i8], scale: &mut f32, offset: &
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub unsafe fn tile(w: &TileView, x: &Q8Rows, out: &TileOut) {
-    let mut row = 0;
-    while row + 8 <= x.rows {
-        rows::<8>(w, x, row, out);
+pub unsafe fn tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
+    let mut row = rows.start;
+    while row + 8 <= rows.end {
+        self::rows::<8>(w, x, row, out);
         row += 8;
     }
-    if row + 4 <= x.rows {
-        rows::<4>(w, x, row, out);
+    if row + 4 <= rows.end {
+        self::rows::<4>(w, x, row, out);
         row += 4;
     }
-    while row < x.rows {
-        rows::<1>(w, x, row, out);
+    while row < rows.end {
+        self::rows::<1>(w, x, row, out);
         row += 1;
     }
 }
@@ -67,12 +68,13 @@ unsafe fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &Til
             let i = (row0 + r) * x.blocks + b;
             let exact = _mm512_sub_epi32(dots[r], _mm512_set1_epi32(x.offsets[i]));
             let scale = _mm512_mul_ps(w_scales, _mm512_set1_ps(x.scales[i]));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, acc[r]);
+            // Multiply, then add (not FMA): the bits every other kernel computes.
+            acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_cvtepi32_ps(exact), scale));
         }
     }
-    let bias = _mm512_loadu_ps(out.bias.as_ptr());
-    let mask: __mmask16 = if out.columns == TILE { !0 } else { (1 << out.columns) - 1 };
     for r in 0..MR {
-        _mm512_mask_storeu_ps(out.first.add((row0 + r) * out.stride), mask, _mm512_add_ps(acc[r], bias));
+        let mut sums = [0f32; TILE];
+        _mm512_storeu_ps(sums.as_mut_ptr(), acc[r]);
+        out.write(row0 + r, &sums);
     }
 }

@@ -6,14 +6,22 @@
 //! each tile is multiplied against several activation rows while it is in registers and L1. The arithmetic is
 //! q8_0's: activations are quantized per 32-value block (f32 scale), products are summed exactly in i32 per
 //! block and scaled by both blocks' scales. One layout serves every kernel:
-//! AVX-512 VNNI natively (`vpdpbusd`), simd128 in the browser (`i32x4.dot_i16x8_s`), and a portable loop.
+//! AVX-512 VNNI natively (`vpdpbusd`), AVX2 (`vpmaddubsw`), simd128 in the browser (`i32x4.dot_i16x8_s`),
+//! and a portable loop. All of them compute the same bits: block sums are exact in i32, and each block adds
+//! `sum · (weight scale · activation scale)` to the f32 total with a plain multiply and add (no FMA), in block
+//! order. The product's epilogue (bias, activation, residual) runs as each tile row is stored.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "wasm32")]
 mod simd128;
 
+use crate::config::Activation;
+use crate::model::math::activate;
 use half::f16;
+use std::ops::Range;
 
 /// Values per quantization block (q8_0's block size).
 pub const BLOCK: usize = 32;
@@ -35,9 +43,14 @@ pub struct Q8Matrix {
     quants: Vec<u8>,
     /// `[tile][block][column (16)]`.
     scales: Vec<f32>,
+    /// Some quant is -128 (GGUF allows it; q8_0 writers emit ±127): AVX2's sign trick cannot take it.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    has_min_quant: bool,
 }
 
-/// Activations quantized per 32-value block, as the kernels read them.
+/// Activations quantized per 32-value block, as the kernels read them. A buffer: reused, it allocates only
+/// when it must grow.
+#[derive(Default)]
 pub struct Q8Rows {
     rows: usize,
     blocks: usize,
@@ -89,18 +102,20 @@ impl Q8Matrix {
         let (tiles, blocks) = (out_dim.div_ceil(TILE), in_dim / BLOCK);
         let mut quants = vec![OFFSET as u8; tiles * blocks * TILE_BLOCK_BYTES];
         let mut scales = vec![0f32; tiles * blocks * TILE];
+        let mut has_min_quant = false;
         for column in 0..out_dim {
             let (tile, lane) = (column / TILE, column % TILE);
             for b in 0..blocks {
                 let (q, scale) = block(column, b);
                 let base = (tile * blocks + b) * TILE_BLOCK_BYTES;
+                has_min_quant |= q.contains(&i8::MIN);
                 for (k, &v) in q.iter().enumerate() {
                     quants[base + (k / 4) * TILE * 4 + lane * 4 + k % 4] = (v as i32 + OFFSET) as u8;
                 }
                 scales[(tile * blocks + b) * TILE + lane] = scale;
             }
         }
-        Self { out_dim, in_dim, quants, scales }
+        Self { out_dim, in_dim, quants, scales, has_min_quant }
     }
 
     /// From GGUF q8_0 data: `[out][in / 32]` blocks of an f16 scale and 32 i8 quants (34 bytes each).
@@ -160,7 +175,14 @@ impl Q8Matrix {
     pub fn stack(parts: &[&Q8Matrix]) -> Self {
         let in_dim = parts[0].in_dim;
         assert!(parts.iter().all(|p| p.in_dim == in_dim), "stacked matrices must share their input width");
-        let starts: Vec<usize> = parts.iter().scan(0, |s, p| { let start = *s; *s += p.out_dim; Some(start) }).collect();
+        let starts: Vec<usize> = parts
+            .iter()
+            .scan(0, |s, p| {
+                let start = *s;
+                *s += p.out_dim;
+                Some(start)
+            })
+            .collect();
         let out_dim = parts.iter().map(|p| p.out_dim).sum();
         Self::pack(out_dim, in_dim, |column, b| {
             let part = starts.partition_point(|&s| s <= column) - 1;
@@ -171,27 +193,65 @@ impl Q8Matrix {
     /// `x` `[rows, in]` → `x · Wᵀ (+ bias)` `[rows, out]`.
     pub fn matmul(&self, x: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
         assert_eq!(x.len(), rows * self.in_dim, "activations are not [{rows}, {}]", self.in_dim);
-        let x = Q8Rows::quantize(x, rows, self.in_dim);
+        let mut q = Q8Rows::default();
+        q.quantize_from(x, rows, self.in_dim);
         let mut out = vec![0f32; rows * self.out_dim];
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        let tile_job = |tile: usize| {
-            let columns = (self.out_dim - tile * TILE).min(TILE);
-            let mut tile_bias = [0f32; TILE];
-            if let Some(b) = bias {
-                tile_bias[..columns].copy_from_slice(&b[tile * TILE..][..columns]);
-            }
-            // SAFETY: each tile writes only its own columns of every row of `out`, so jobs never overlap.
-            let dst = TileOut { first: unsafe { out_ptr.at(tile * TILE) }, stride: self.out_dim, columns, bias: tile_bias };
-            self.tile_kernel(&x, tile, &dst);
-        };
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            use rayon::prelude::*;
-            (0..self.tiles()).into_par_iter().for_each(tile_job);
-        }
-        #[cfg(target_arch = "wasm32")]
-        (0..self.tiles()).for_each(tile_job);
+        self.matmul_into(&q, &mut out, &Epilogue { bias, ..Epilogue::default() });
         out
+    }
+
+    /// `x · Wᵀ` into `out` `[rows, out]`, with `epilogue` applied as each tile is stored: `+ bias`, then the
+    /// activation, then `+ residual`. Every output value is computed the same way whatever the number of
+    /// threads and whichever kernel runs (exact i32 block sums, then one f32 multiply and add per block in
+    /// block order), so results do not depend on `--threads` or on the CPU.
+    pub fn matmul_into(&self, x: &Q8Rows, out: &mut [f32], epilogue: &Epilogue) {
+        let rows = x.rows;
+        assert_eq!(x.blocks, self.blocks(), "activations are {} blocks wide, the weights {}", x.blocks, self.blocks());
+        assert_eq!(out.len(), rows * self.out_dim, "the output is not [{rows}, {}]", self.out_dim);
+        if let Some(b) = epilogue.bias {
+            assert_eq!(b.len(), self.out_dim, "bias length");
+        }
+        if let Some(r) = epilogue.residual {
+            assert_eq!(r.len(), rows * self.out_dim, "the residual is not [{rows}, {}]", self.out_dim);
+        }
+        let faulty;
+        let x = if fault::active() {
+            faulty = fault::drop_last_groups(x);
+            &faulty
+        } else {
+            x
+        };
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let residual_ptr = SendConstPtr(epilogue.residual.map_or(std::ptr::null(), <[f32]>::as_ptr));
+        let tiles = self.tiles();
+        let tile_chunks = tiles.div_ceil(TILES_PER_JOB);
+        // Jobs over (row chunk, tile chunk): a job's activations stay in L2 while its tiles' weights pass
+        // through L1, and even one short text gives every thread columns to compute.
+        let job = |j: usize| {
+            let (row_chunk, tile_chunk) = (j / tile_chunks, j % tile_chunks);
+            let row_range = row_chunk * ROWS_PER_JOB..((row_chunk + 1) * ROWS_PER_JOB).min(rows);
+            for tile in tile_chunk * TILES_PER_JOB..((tile_chunk + 1) * TILES_PER_JOB).min(tiles) {
+                let columns = (self.out_dim - tile * TILE).min(TILE);
+                let mut tile_bias = [0f32; TILE];
+                if let Some(b) = epilogue.bias {
+                    tile_bias[..columns].copy_from_slice(&b[tile * TILE..][..columns]);
+                }
+                // SAFETY: each job writes only its rows of its tiles' columns, so jobs never overlap; the
+                // residual is only read.
+                let dst = unsafe {
+                    TileOut {
+                        first: out_ptr.at(tile * TILE),
+                        stride: self.out_dim,
+                        columns,
+                        bias: tile_bias,
+                        act: epilogue.act,
+                        residual: residual_ptr.at(tile * TILE),
+                    }
+                };
+                self.tile_kernel(x, tile, row_range.clone(), &dst);
+            }
+        };
+        crate::util::parallel_for(rows.div_ceil(ROWS_PER_JOB) * tile_chunks, job);
     }
 
     fn tile_view(&self, tile: usize) -> TileView<'_> {
@@ -202,35 +262,134 @@ impl Q8Matrix {
         }
     }
 
-    /// One 16-column tile of the product for every row, by the fastest kernel this CPU has.
-    fn tile_kernel(&self, x: &Q8Rows, tile: usize, out: &TileOut) {
+    /// Rows `rows` of one 16-column tile of the product, by the fastest kernel this CPU has. All kernels
+    /// compute the same bits.
+    fn tile_kernel(&self, x: &Q8Rows, tile: usize, rows: Range<usize>, out: &TileOut) {
         let view = self.tile_view(tile);
         #[cfg(target_arch = "x86_64")]
-        if avx512::available() {
-            // SAFETY: the CPU has the features the kernel is compiled for.
-            return unsafe { avx512::tile(&view, x, out) };
+        match x86_kernel(self) {
+            // SAFETY: the CPU has the features each kernel is compiled for.
+            X86Kernel::Avx512Vnni => return unsafe { avx512::tile(&view, x, rows, out) },
+            X86Kernel::Avx2 => return unsafe { avx2::tile(&view, x, rows, out) },
+            X86Kernel::Portable => {}
         }
         #[cfg(target_arch = "wasm32")]
-        return simd128::tile(&view, x, out);
+        return simd128::tile(&view, x, rows, out);
         #[allow(unreachable_code)]
-        portable_tile(&view, x, out)
+        portable_tile(&view, x, rows, out)
+    }
+
+    /// The kernel this matrix runs on here, by name (for benchmarks and logs).
+    pub fn kernel_name(&self) -> &'static str {
+        #[cfg(target_arch = "x86_64")]
+        return match x86_kernel(self) {
+            X86Kernel::Avx512Vnni => "avx512-vnni",
+            X86Kernel::Avx2 => "avx2",
+            X86Kernel::Portable => "portable",
+        };
+        #[cfg(target_arch = "wasm32")]
+        return "simd128";
+        #[allow(unreachable_code)]
+        "portable"
     }
 }
 
-/// Where one tile's results go: `rows` rows `stride` floats apart, `columns` (≤ 16) of them from `first`,
-/// plus the tile's bias.
+/// A deliberate fault, so tests can prove that their bounds on quantized embeddings catch a wrong kernel.
+#[doc(hidden)]
+pub mod fault {
+    use super::{Q8Rows, BLOCK, OFFSET};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static DROP_LAST_GROUP: AtomicBool = AtomicBool::new(false);
+
+    /// From now on every q8_0 product forgets the last 4 values of each 32-value block, as a kernel with an
+    /// off-by-one in its inner loop would. Process-wide: only for a test binary of its own.
+    pub fn drop_last_group_of_every_block(on: bool) {
+        DROP_LAST_GROUP.store(on, Ordering::SeqCst);
+    }
+
+    pub(super) fn active() -> bool {
+        DROP_LAST_GROUP.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn drop_last_groups(x: &Q8Rows) -> Q8Rows {
+        let mut quants = x.quants.clone();
+        let mut offsets = x.offsets.clone();
+        for (block, offset) in quants.chunks_exact_mut(BLOCK).zip(offsets.iter_mut()) {
+            block[BLOCK - 4..].fill(0);
+            *offset = OFFSET * block.iter().map(|&q| q as i32).sum::<i32>();
+        }
+        let mut broken =
+            Q8Rows { rows: x.rows, blocks: x.blocks, quants, scales: x.scales.clone(), offsets, ..Q8Rows::default() };
+        broken.widen();
+        broken
+    }
+}
+
+/// Rows of activations per matmul job (a multiple of every kernel's row group).
+const ROWS_PER_JOB: usize = 64;
+/// 16-column tiles per matmul job.
+const TILES_PER_JOB: usize = 4;
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum X86Kernel {
+    Avx512Vnni,
+    Avx2,
+    Portable,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn x86_kernel(w: &Q8Matrix) -> X86Kernel {
+    if std::env::var_os("TUWEN_Q8_KERNEL").is_some_and(|k| k == "portable") {
+        return X86Kernel::Portable;
+    }
+    if avx512::available() && !std::env::var_os("TUWEN_Q8_KERNEL").is_some_and(|k| k == "avx2") {
+        X86Kernel::Avx512Vnni
+    } else if avx2::available() && !w.has_min_quant {
+        X86Kernel::Avx2
+    } else {
+        X86Kernel::Portable
+    }
+}
+
+/// What a product does as it stores each value: `+ bias`, then `act`, then `+ residual` (`[rows, out]`).
+#[derive(Default, Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub act: Option<Activation>,
+    pub residual: Option<&'a [f32]>,
+}
+
+/// Where one tile's results go: rows `stride` floats apart, `columns` (≤ 16) of them from `first`, and the
+/// tile's epilogue (`residual` null when there is none; else it points at the tile's first column).
 struct TileOut {
     first: *mut f32,
     stride: usize,
     columns: usize,
     bias: [f32; TILE],
+    act: Option<Activation>,
+    residual: *const f32,
 }
 
 impl TileOut {
+    /// Stores one row of the tile through the epilogue. Every kernel ends here, so they share its bits.
+    #[inline(always)]
     fn write(&self, row: usize, sums: &[f32; TILE]) {
-        for c in 0..self.columns {
-            // SAFETY: `matmul` sized the output for every row and these columns.
-            unsafe { *self.first.add(row * self.stride + c) = sums[c] + self.bias[c] };
+        let mut v: [f32; TILE] = std::array::from_fn(|c| sums[c] + self.bias[c]);
+        if let Some(act) = self.act {
+            for x in v.iter_mut() {
+                *x = activate(act, *x);
+            }
+        }
+        // SAFETY: `matmul_into` sized the output (and residual) for every row and these columns.
+        unsafe {
+            if !self.residual.is_null() {
+                for (c, x) in v.iter_mut().enumerate().take(self.columns) {
+                    *x += *self.residual.add(row * self.stride + c);
+                }
+            }
+            std::ptr::copy_nonoverlapping(v.as_ptr(), self.first.add(row * self.stride), self.columns);
         }
     }
 }
@@ -249,10 +408,24 @@ impl SendPtr {
         self.0.add(offset)
     }
 }
+#[derive(Clone, Copy)]
+struct SendConstPtr(*const f32);
+impl SendConstPtr {
+    /// Null stays null.
+    unsafe fn at(self, offset: usize) -> *const f32 {
+        if self.0.is_null() {
+            self.0
+        } else {
+            self.0.add(offset)
+        }
+    }
+}
 unsafe impl Send for TileOut {}
 unsafe impl Sync for TileOut {}
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendConstPtr {}
+unsafe impl Sync for SendConstPtr {}
 
 #[inline(always)]
 fn quantize_block_with_offset(x: &[f32], q: &mut [i8], scale: &mut f32, offset: &mut i32) {
@@ -260,45 +433,106 @@ fn quantize_block_with_offset(x: &[f32], q: &mut [i8], scale: &mut f32, offset: 
     *offset = OFFSET * q.iter().map(|&v| v as i32).sum::<i32>();
 }
 
+/// One block by the fastest quantizer this CPU has (all give the same bits).
+#[inline(always)]
+fn quantize_block_fast(x: &[f32], q: &mut [i8], scale: &mut f32, offset: &mut i32) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        // SAFETY: the CPU has the features the copy is compiled for.
+        return unsafe { avx512::quantize_block(x, q, scale, offset) };
+    }
+    quantize_block_with_offset(x, q, scale, offset)
+}
+
 impl Q8Rows {
     pub fn quantize(x: &[f32], rows: usize, in_dim: usize) -> Self {
-        let blocks = in_dim / BLOCK;
-        let mut quants = vec![0i8; rows * in_dim];
-        let mut scales = vec![0f32; rows * blocks];
-        let mut offsets = vec![0i32; rows * blocks];
-        let block_job = |((chunk, q), (scale, offset)): ((&[f32], &mut [i8]), (&mut f32, &mut i32))| {
-            #[cfg(target_arch = "x86_64")]
-            if avx512::available() {
-                // SAFETY: the CPU has the features the copy is compiled for.
-                return unsafe { avx512::quantize_block(chunk, q, scale, offset) };
+        let mut q = Self::default();
+        q.quantize_from(x, rows, in_dim);
+        q
+    }
+
+    /// Makes room for `[rows, in_dim]`, reusing what earlier calls allocated (nothing is zeroed that the
+    /// quantizer overwrites: only growth is).
+    fn reshape(&mut self, rows: usize, in_dim: usize) {
+        assert!(in_dim % BLOCK == 0, "q8_0 needs an input width that is a multiple of {BLOCK}, got {in_dim}");
+        self.rows = rows;
+        self.blocks = in_dim / BLOCK;
+        self.quants.resize(rows * in_dim, 0);
+        self.scales.resize(rows * self.blocks, 0.0);
+        self.offsets.resize(rows * self.blocks, 0);
+    }
+
+    /// Quantizes `x` `[rows, in_dim]` into this buffer.
+    pub fn quantize_from(&mut self, x: &[f32], rows: usize, in_dim: usize) {
+        assert_eq!(x.len(), rows * in_dim, "activations are not [{rows}, {in_dim}]");
+        self.reshape(rows, in_dim);
+        self.rows_in_parallel(|row, quants, scales, offsets| {
+            let src = &x[row * in_dim..][..in_dim];
+            for (((chunk, q), s), o) in src.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK)).zip(scales).zip(offsets) {
+                quantize_block_fast(chunk, q, s, o);
             }
-            quantize_block_with_offset(chunk, q, scale, offset)
-        };
+        });
+        self.widen();
+    }
+
+    /// Quantizes rows that `make_row(row, dst)` writes in f32 first (a layer norm, say), without the f32
+    /// rows ever existing all at once.
+    pub fn quantize_with(&mut self, rows: usize, in_dim: usize, make_row: impl Fn(usize, &mut [f32]) + Sync) {
+        self.reshape(rows, in_dim);
+        self.rows_in_parallel(|row, quants, scales, offsets| {
+            SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                scratch.resize(in_dim, 0.0);
+                make_row(row, &mut scratch);
+                for (((chunk, q), s), o) in
+                    scratch.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK)).zip(scales).zip(offsets)
+                {
+                    quantize_block_fast(chunk, q, s, o);
+                }
+            })
+        });
+        self.widen();
+    }
+
+    fn rows_in_parallel(&mut self, job: impl Fn(usize, &mut [i8], &mut [f32], &mut [i32]) + Sync) {
+        let (in_dim, blocks) = (self.blocks * BLOCK, self.blocks);
+        if self.rows == 0 {
+            return;
+        }
         #[cfg(not(target_arch = "wasm32"))]
         {
             use rayon::prelude::*;
-            x.par_chunks_exact(BLOCK)
-                .zip(quants.par_chunks_exact_mut(BLOCK))
-                .zip(scales.par_iter_mut().zip(offsets.par_iter_mut()))
-                .with_min_len(256)
-                .for_each(block_job);
+            self.quants
+                .par_chunks_exact_mut(in_dim)
+                .zip(self.scales.par_chunks_exact_mut(blocks))
+                .zip(self.offsets.par_chunks_exact_mut(blocks))
+                .enumerate()
+                .with_min_len(8)
+                .for_each(|(row, ((q, s), o))| job(row, q, s, o));
         }
         #[cfg(target_arch = "wasm32")]
-        x.chunks_exact(BLOCK)
-            .zip(quants.chunks_exact_mut(BLOCK))
-            .zip(scales.iter_mut().zip(offsets.iter_mut()))
-            .for_each(block_job);
-        #[cfg(target_arch = "wasm32")]
-        let wide = quants.iter().map(|&q| q as i16).collect();
-        Self {
-            rows,
-            blocks,
-            quants,
-            scales,
-            offsets,
-            #[cfg(target_arch = "wasm32")]
-            wide,
+        for (row, ((q, s), o)) in self
+            .quants
+            .chunks_exact_mut(in_dim)
+            .zip(self.scales.chunks_exact_mut(blocks))
+            .zip(self.offsets.chunks_exact_mut(blocks))
+            .enumerate()
+        {
+            job(row, q, s, o);
         }
+    }
+
+    /// On wasm, the quants widened to i16 once for simd128's i16 dot products.
+    fn widen(&mut self) {
+        #[cfg(target_arch = "wasm32")]
+        {
+            self.wide.clear();
+            self.wide.extend(self.quants.iter().map(|&q| q as i16));
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
     }
 
     fn row(&self, row: usize) -> &[i8] {
@@ -306,9 +540,15 @@ impl Q8Rows {
     }
 }
 
-/// The reference kernel: plain loops over the same layout (used where no SIMD kernel applies).
-fn portable_tile(w: &TileView, x: &Q8Rows, out: &TileOut) {
-    for row in 0..x.rows {
+thread_local! {
+    /// One f32 row per thread for [`Q8Rows::quantize_with`].
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The reference kernel: plain loops over the same layout (where no SIMD kernel applies), the same
+/// arithmetic as the SIMD kernels.
+fn portable_tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
+    for row in rows {
         let mut sum = [0f32; TILE];
         let xq = x.row(row);
         for b in 0..x.blocks {
@@ -376,22 +616,61 @@ mod tests {
         }
     }
 
+    /// Every kernel this CPU can run gives exactly the portable kernel's bits, with each epilogue, on row
+    /// counts around the row groups and partial tiles.
     #[test]
-    fn portable_and_simd_kernels_agree() {
-        let (rows, out_dim, in_dim) = (11, 32, 160);
+    fn every_kernel_computes_the_portable_bits() {
+        let (out_dim, in_dim) = (32, 160);
         let w = Q8Matrix::quantize(out_dim, in_dim, &lcg(4, out_dim * in_dim));
-        let x = Q8Rows::quantize(&lcg(5, rows * in_dim), rows, in_dim);
-        for (tile, columns) in [(0, TILE), (1, 7)] {
-            let (mut fast, mut slow) = (vec![0f32; rows * TILE], vec![0f32; rows * TILE]);
-            let bias = std::array::from_fn(|c| c as f32);
-            let to = |buf: &mut Vec<f32>| TileOut { first: buf.as_mut_ptr(), stride: TILE, columns, bias };
-            w.tile_kernel(&x, tile, &to(&mut fast));
-            portable_tile(&w.tile_view(tile), &x, &to(&mut slow));
-            for (f, s) in fast.iter().zip(&slow) {
-                // Same i32 block sums; only the f32 accumulation may round differently (FMA or not).
-                assert!((f - s).abs() <= 1e-5 * (1.0 + s.abs()), "tile {tile}: {f} vs {s}");
+        for rows in [1, 3, 4, 5, 8, 11, 13] {
+            let x = Q8Rows::quantize(&lcg(5, rows * in_dim), rows, in_dim);
+            let residual = lcg(6, rows * TILE);
+            for (tile, columns) in [(0, TILE), (1, 7)] {
+                for (act, with_residual) in [(None, false), (Some(Activation::Gelu), false), (Some(Activation::QuickGelu), true)]
+                {
+                    let (mut fast, mut slow) = (vec![0f32; rows * TILE], vec![0f32; rows * TILE]);
+                    let bias = std::array::from_fn(|c| c as f32 * 0.25);
+                    let residual = if with_residual { residual.as_ptr() } else { std::ptr::null() };
+                    let to = |buf: &mut Vec<f32>| TileOut { first: buf.as_mut_ptr(), stride: TILE, columns, bias, act, residual };
+                    w.tile_kernel(&x, tile, 0..rows, &to(&mut fast));
+                    portable_tile(&w.tile_view(tile), &x, 0..rows, &to(&mut slow));
+                    assert_eq!(fast, slow, "{} kernel, {rows} rows, tile {tile}, {act:?}", w.kernel_name());
+                }
             }
         }
+    }
+
+    /// A -128 quant (legal in GGUF q8_0) is computed exactly: AVX2's sign trick cannot take it, so such a
+    /// matrix runs elsewhere.
+    #[test]
+    fn a_minus_128_weight_is_exact() {
+        let (out_dim, in_dim, rows) = (16, 64, 5);
+        let mut data = Vec::new();
+        for c in 0..out_dim {
+            for b in 0..in_dim / BLOCK {
+                data.extend(f16::from_f32(0.01 * (c + 1) as f32).to_le_bytes());
+                data.extend((0..BLOCK).map(|i| if (i + b + c) % 5 == 0 { 0x80u8 } else { (i as u8).wrapping_mul(37) }));
+            }
+        }
+        let w = Q8Matrix::from_q8_0_bytes(out_dim, in_dim, &data).unwrap();
+        assert!(w.has_min_quant);
+        let x = lcg(8, rows * in_dim);
+        let got = w.matmul(&x, rows, None);
+        let want = reference(&w, &x, rows, None);
+        for (g, r) in got.iter().zip(&want) {
+            assert!((g - r).abs() <= 1e-4 * (1.0 + r.abs()), "{g} vs {r}");
+        }
+    }
+
+    /// The same bits for any number of threads (jobs split rows and columns; each value is computed alone).
+    #[test]
+    fn threads_do_not_change_the_bits() {
+        let (rows, out_dim, in_dim) = (150, 200, 256);
+        let w = Q8Matrix::quantize(out_dim, in_dim, &lcg(9, out_dim * in_dim));
+        let x = lcg(10, rows * in_dim);
+        let run =
+            |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| w.matmul(&x, rows, None));
+        assert_eq!(run(1), run(3));
     }
 
     #[test]

@@ -6,15 +6,16 @@
 
 use super::{Q8Rows, TileOut, TileView, BLOCK, TILE, TILE_BLOCK_BYTES};
 use std::arch::wasm32::*;
+use std::ops::Range;
 
-pub fn tile(w: &TileView, x: &Q8Rows, out: &TileOut) {
-    let mut row = 0;
-    while row + 4 <= x.rows {
-        rows::<4>(w, x, row, out);
+pub fn tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
+    let mut row = rows.start;
+    while row + 4 <= rows.end {
+        self::rows::<4>(w, x, row, out);
         row += 4;
     }
-    while row < x.rows {
-        rows::<1>(w, x, row, out);
+    while row < rows.end {
+        self::rows::<1>(w, x, row, out);
         row += 1;
     }
 }
@@ -47,10 +48,8 @@ fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
             let w_scales = unsafe { v128_load(w.scales.as_ptr().add(b * TILE + quarter * 4) as *const v128) };
             for r in 0..MR {
                 let i = (row0 + r) * x.blocks + b;
-                let columns = i32x4_add(
-                    i32x4_shuffle::<0, 2, 4, 6>(low[r], high[r]),
-                    i32x4_shuffle::<1, 3, 5, 7>(low[r], high[r]),
-                );
+                let columns =
+                    i32x4_add(i32x4_shuffle::<0, 2, 4, 6>(low[r], high[r]), i32x4_shuffle::<1, 3, 5, 7>(low[r], high[r]));
                 let exact = i32x4_sub(columns, i32x4_splat(x.offsets[i]));
                 let scale = f32x4_mul(w_scales, f32x4_splat(x.scales[i]));
                 acc[r][quarter] = f32x4_add(acc[r][quarter], f32x4_mul(f32x4_convert_i32x4(exact), scale));

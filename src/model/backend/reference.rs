@@ -1,5 +1,6 @@
-//! The CPU backend: candle tensors; q8_0 products on tuwen's own kernels (`model::q8`), f32 ones on candle's
-//! gemm (AVX natively, simd128 in wasm).
+//! The unfused reference backend: one candle op per step (f32 products on candle's gemm, q8_0 products on
+//! tuwen's kernels, then separate passes for bias, activation, residual, softmax, layer norm). It is what the
+//! fused CPU backend ([`super::Cpu`]) is tested against, op by op and end to end; nothing runs it in production.
 
 use super::{AttentionShape, Backend};
 use crate::config::Activation;
@@ -10,43 +11,43 @@ use candle_core::{Device, Tensor, D};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Default)]
-pub struct Cpu;
+pub struct Reference;
 
 /// The weight, with the bias in the form its product adds it.
 #[derive(Debug)]
-pub enum CpuLinear {
+pub enum ReferenceLinear {
     /// candle's f32 matmul, then a broadcast add.
     Dense { weight: Tensor, bias: Option<Tensor>, out_dim: usize },
     /// The q8_0 kernel adds the bias as it stores each tile.
     Quantized { weight: Arc<Q8Matrix>, bias: Option<Vec<f32>> },
 }
 
-pub struct CpuNorm {
+pub struct ReferenceNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f32,
 }
 
-impl Backend for Cpu {
+impl Backend for Reference {
     type Tensor = Tensor;
-    type Linear = CpuLinear;
-    type Norm = CpuNorm;
+    type Linear = ReferenceLinear;
+    type Norm = ReferenceNorm;
     type Table = Tensor;
 
-    fn linear(&self, p: LinearParams) -> Result<CpuLinear> {
+    fn linear(&self, p: LinearParams) -> Result<ReferenceLinear> {
         Ok(match p.matrix {
-            Matrix::Dense(weight) => CpuLinear::Dense {
+            Matrix::Dense(weight) => ReferenceLinear::Dense {
                 weight,
                 bias: p.bias.map(|b| Tensor::from_vec(b, p.out_dim, &Device::Cpu)).transpose()?,
                 out_dim: p.out_dim,
             },
-            Matrix::Quantized(weight) => CpuLinear::Quantized { weight, bias: p.bias },
+            Matrix::Quantized(weight) => ReferenceLinear::Quantized { weight, bias: p.bias },
         })
     }
 
-    fn norm(&self, p: NormParams) -> Result<CpuNorm> {
+    fn norm(&self, p: NormParams) -> Result<ReferenceNorm> {
         let dim = p.weight.len();
-        Ok(CpuNorm {
+        Ok(ReferenceNorm {
             weight: Tensor::from_vec(p.weight, dim, &Device::Cpu)?,
             bias: Tensor::from_vec(p.bias, dim, &Device::Cpu)?,
             eps: p.eps,
@@ -71,17 +72,23 @@ impl Backend for Cpu {
         Ok(x.reshape((rows, cols))?)
     }
 
-    fn linear_forward(&self, x: &Tensor, layer: &CpuLinear, act: Option<Activation>, residual: Option<&Tensor>) -> Result<Tensor> {
+    fn linear_forward(
+        &self,
+        x: &Tensor,
+        layer: &ReferenceLinear,
+        act: Option<Activation>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let rows = x.dim(0)?;
         let y = match layer {
-            CpuLinear::Dense { weight, bias, .. } => {
+            ReferenceLinear::Dense { weight, bias, .. } => {
                 let y = x.matmul(&weight.t()?)?;
                 match bias {
                     Some(b) => y.broadcast_add(b)?,
                     None => y,
                 }
             }
-            CpuLinear::Quantized { weight, bias } => {
+            ReferenceLinear::Quantized { weight, bias } => {
                 let y = weight.matmul(&x.flatten_all()?.to_vec1::<f32>()?, rows, bias.as_deref());
                 Tensor::from_vec(y, (rows, weight.out_dim()), x.device())?
             }
@@ -97,7 +104,7 @@ impl Backend for Cpu {
         })
     }
 
-    fn layer_norm(&self, x: &Tensor, n: &CpuNorm) -> Result<Tensor> {
+    fn layer_norm(&self, x: &Tensor, n: &ReferenceNorm) -> Result<Tensor> {
         Ok(candle_nn::ops::layer_norm(&x.contiguous()?, &n.weight, &n.bias, n.eps)?)
     }
 

@@ -1,0 +1,273 @@
+//! The CPU backend's f32 work between the q8_0 products: dense (f32) products, layer norm, attention per
+//! (sequence, head), L2 norm. Each value is reduced in a fixed order written here (never by a library whose
+//! blocking depends on the CPU's caches), so the results are the same bits on every CPU, for any number of
+//! threads, and in wasm; the loops are shaped to vectorise (fixed-width accumulator arrays).
+
+use crate::config::Activation;
+use crate::model::math::{activate, exp, wide_vectors};
+use crate::util::parallel_for;
+
+/// Accumulator lanes of the reductions: wide enough for one AVX2 register, the same order on any width.
+const LANES: usize = 8;
+
+/// `Σ a[i]·b[i]` in `LANES` interleaved partial sums, then those summed in order.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).fold(0.0, |s, v| s + v);
+    for (x, y) in ac.zip(bc) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().fold(0.0, |s, v| s + v) + tail
+}
+
+#[inline(always)]
+fn sum(a: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().fold(0.0, |s, v| s + v);
+    for x in chunks {
+        for l in 0..LANES {
+            acc[l] += x[l];
+        }
+    }
+    acc.iter().fold(0.0, |s, v| s + v) + tail
+}
+
+/// What a product does to each value it stores: `+ bias`, then the activation, then `+ residual`.
+#[inline(always)]
+pub fn epilogue(row: &mut [f32], bias: Option<&[f32]>, act: Option<Activation>, residual: Option<&[f32]>) {
+    if let Some(b) = bias {
+        for (v, b) in row.iter_mut().zip(b) {
+            *v += b;
+        }
+    }
+    if let Some(act) = act {
+        for v in row.iter_mut() {
+            *v = activate(act, *v);
+        }
+    }
+    if let Some(r) = residual {
+        for (v, r) in row.iter_mut().zip(r) {
+            *v += r;
+        }
+    }
+}
+
+/// Rows per dense job, and the register block of the dense kernel.
+const DENSE_ROWS: usize = 4;
+const DENSE_COLUMNS: usize = 16;
+
+/// `out[r] = epilogue(x[r] · W)` with `w_t` the weights transposed, `[in, out]`: each value summed over k in
+/// order, so the f32 path is deterministic too.
+#[allow(clippy::too_many_arguments)]
+pub fn dense(
+    x: &[f32],
+    rows: usize,
+    w_t: &[f32],
+    in_dim: usize,
+    out_dim: usize,
+    bias: Option<&[f32]>,
+    act: Option<Activation>,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let row_groups = rows.div_ceil(DENSE_ROWS);
+    let column_chunks = out_dim.div_ceil(64);
+    parallel_for(row_groups * column_chunks, |job| {
+        let (group, chunk) = (job / column_chunks, job % column_chunks);
+        let r0 = group * DENSE_ROWS;
+        let columns = chunk * 64..((chunk + 1) * 64).min(out_dim);
+        dense_block(
+            x,
+            r0,
+            (rows - r0).min(DENSE_ROWS),
+            columns.start,
+            columns.end,
+            w_t,
+            in_dim,
+            out_dim,
+            bias,
+            act,
+            residual,
+            out_ptr,
+        );
+    });
+}
+
+wide_vectors! {
+    /// Rows `r0..r0 + nr` (≤ 4) × columns `c_start..c_end` of a dense product, 4 × 16 values at a time in
+    /// registers.
+    fn dense_block(x: &[f32], r0: usize, nr: usize, c_start: usize, c_end: usize, w_t: &[f32], in_dim: usize, out_dim: usize,
+        bias: Option<&[f32]>, act: Option<Activation>, residual: Option<&[f32]>, out: SendPtr) {
+        let mut c0 = c_start;
+        while c0 < c_end {
+            let nc = (c_end - c0).min(DENSE_COLUMNS);
+            let mut acc = [[0f32; DENSE_COLUMNS]; DENSE_ROWS];
+            for k in 0..in_dim {
+                let mut w = [0f32; DENSE_COLUMNS];
+                w[..nc].copy_from_slice(&w_t[k * out_dim + c0..][..nc]);
+                for r in 0..DENSE_ROWS.min(nr) {
+                    let xv = x[(r0 + r) * in_dim + k];
+                    for c in 0..DENSE_COLUMNS {
+                        acc[r][c] += xv * w[c];
+                    }
+                }
+            }
+            for (r, acc) in acc.iter_mut().enumerate().take(nr) {
+                let row = r0 + r;
+                let v = &mut acc[..nc];
+                epilogue(v, bias.map(|b| &b[c0..c0 + nc]), act, residual.map(|res| &res[row * out_dim + c0..][..nc]));
+                // SAFETY: jobs cover disjoint (row group, column chunk) blocks of `out`.
+                unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out.at(row * out_dim + c0), nc) };
+            }
+            c0 += nc;
+        }
+    }
+}
+
+/// One row's layer norm: `(x − mean) / √(var + eps) · weight + bias` (biased variance, as PyTorch).
+#[inline(always)]
+pub fn layer_norm_row(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
+    let n = x.len() as f32;
+    let mean = sum(x) / n;
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = v - mean;
+    }
+    let var = dot(out, out) / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for ((o, w), b) in out.iter_mut().zip(weight).zip(bias) {
+        *o = *o * inv * w + b;
+    }
+}
+
+/// Layer norm of every row of `x` `[rows, cols]` into `out`.
+pub fn layer_norm(x: &[f32], cols: usize, weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
+    let rows = x.len() / cols;
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    const CHUNK: usize = 16;
+    parallel_for(rows.div_ceil(CHUNK), |chunk| {
+        layer_norm_rows(x, cols, chunk * CHUNK, ((chunk + 1) * CHUNK).min(rows), weight, bias, eps, out_ptr);
+    });
+}
+
+wide_vectors! {
+    fn layer_norm_rows(x: &[f32], cols: usize, start: usize, end: usize, weight: &[f32], bias: &[f32], eps: f32, out: SendPtr) {
+        for row in start..end {
+            // SAFETY: each row is written by one job.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.at(row * cols), cols) };
+            layer_norm_row(&x[row * cols..][..cols], weight, bias, eps, dst);
+        }
+    }
+}
+
+/// Every row scaled to unit L2 norm (norms below 1e-12 clamped, as `F.normalize`).
+pub fn l2_normalize(x: &mut [f32], cols: usize) {
+    for row in x.chunks_exact_mut(cols) {
+        let norm = dot(row, row).sqrt().max(1e-12);
+        for v in row.iter_mut() {
+            *v /= norm;
+        }
+    }
+}
+
+/// Scaled dot-product attention of one batch over its fused `[batch·seq, 3·hidden]` query|key|value rows,
+/// one job per (sequence, head) (see [`attention_head`]) writing straight into the head's columns of `out`
+/// `[batch·seq, hidden]`. No `[batch, heads, seq, seq]` tensor exists.
+pub fn attention(qkv: &[f32], batch: usize, seq: usize, heads: usize, mask_bias: Option<&[f32]>, out: &mut [f32]) {
+    let hidden = qkv.len() / (batch * seq) / 3;
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    parallel_for(batch * heads, |job| {
+        let (b, h) = (job / heads, job % heads);
+        SCORES.with(|scratch| {
+            attention_head(
+                qkv,
+                b,
+                h,
+                seq,
+                hidden,
+                hidden / heads,
+                mask_bias.map(|m| &m[b * seq..][..seq]),
+                &mut scratch.borrow_mut(),
+                out_ptr,
+            )
+        });
+    });
+}
+
+/// Keys per register block of the score loop.
+const KEYS: usize = 16;
+
+wide_vectors! {
+    /// One (sequence, head): the head's keys transposed once into `[head_dim, seq]` so each query's scores
+    /// are computed 16 keys at a time in registers (each score summed over the head's dimensions in order);
+    /// scale + mask + softmax fused; `P·V` accumulated in one row.
+    fn attention_head(qkv: &[f32], b: usize, h: usize, seq: usize, hidden: usize, head_dim: usize, mask: Option<&[f32]>,
+        scratch: &mut Vec<f32>, out: SendPtr) {
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let row = |i: usize, part: usize| &qkv[(b * seq + i) * 3 * hidden + part * hidden + h * head_dim..][..head_dim];
+        let padded = seq.div_ceil(KEYS) * KEYS;
+        scratch.resize(head_dim * padded + padded + head_dim, 0.0);
+        let (keys_t, rest) = scratch.split_at_mut(head_dim * padded);
+        let (scores, acc) = rest.split_at_mut(padded);
+        for j in 0..seq {
+            for (d, &k) in row(j, 1).iter().enumerate() {
+                keys_t[d * padded + j] = k;
+            }
+        }
+        for i in 0..seq {
+            let q = row(i, 0);
+            for j0 in (0..padded).step_by(KEYS) {
+                let mut block = [0f32; KEYS];
+                for (d, &qd) in q.iter().enumerate() {
+                    let k = &keys_t[d * padded + j0..][..KEYS];
+                    for c in 0..KEYS {
+                        block[c] += qd * k[c];
+                    }
+                }
+                scores[j0..j0 + KEYS].copy_from_slice(&block);
+            }
+            let scores = &mut scores[..seq];
+            match mask {
+                Some(mask) => scores.iter_mut().zip(mask).for_each(|(s, m)| *s = *s * scale + m),
+                None => scores.iter_mut().for_each(|s| *s *= scale),
+            }
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            for s in scores.iter_mut() {
+                *s = exp(*s - max);
+            }
+            let inv = 1.0 / sum(scores);
+            acc.fill(0.0);
+            for (j, &p) in scores.iter().enumerate() {
+                for (a, v) in acc.iter_mut().zip(row(j, 2)) {
+                    *a += p * v;
+                }
+            }
+            // SAFETY: the (sequence, head) job owns these columns of these rows.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.at((b * seq + i) * hidden + h * head_dim), head_dim) };
+            for (d, a) in dst.iter_mut().zip(acc.iter()) {
+                *d = a * inv;
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// One head's transposed keys, one query's scores and its output row, per thread.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[derive(Clone, Copy)]
+pub struct SendPtr(*mut f32);
+impl SendPtr {
+    /// A method, so closures capture the (Sync) wrapper rather than the raw pointer.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
