@@ -15,15 +15,13 @@ pub fn available() -> bool {
 
 #[target_feature(enable = "avx2")]
 pub unsafe fn tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
-    let mut row = rows.start;
-    while row + 4 <= rows.end {
-        self::rows::<4>(w, x, row, out);
-        row += 4;
-    }
-    while row < rows.end {
-        self::rows::<1>(w, x, row, out);
-        row += 1;
-    }
+    // SAFETY: the caller checked the CPU's features, which `rows` is compiled for.
+    super::for_row_groups(rows, 4, |row, n| unsafe {
+        match n {
+            4 => self::rows::<4>(w, x, row, out),
+            _ => self::rows::<1>(w, x, row, out),
+        }
+    })
 }
 
 #[inline]

@@ -32,19 +32,14 @@ pub unsafe fn quantize_block(x: &[f32], q: &mut [i8], scale: &mut f32, offset: &
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
-    let mut row = rows.start;
-    while row + 8 <= rows.end {
-        self::rows::<8>(w, x, row, out);
-        row += 8;
-    }
-    if row + 4 <= rows.end {
-        self::rows::<4>(w, x, row, out);
-        row += 4;
-    }
-    while row < rows.end {
-        self::rows::<1>(w, x, row, out);
-        row += 1;
-    }
+    // SAFETY: the caller checked the CPU's features, which `rows` is compiled for.
+    super::for_row_groups(rows, 8, |row, n| unsafe {
+        match n {
+            8 => self::rows::<8>(w, x, row, out),
+            4 => self::rows::<4>(w, x, row, out),
+            _ => self::rows::<1>(w, x, row, out),
+        }
+    })
 }
 
 #[inline]

@@ -326,6 +326,26 @@ pub mod fault {
     }
 }
 
+/// Walks `rows` in groups of `group` rows, then one of 4 when `group` is larger, then single rows:
+/// `kernel(first_row, rows_in_group)`, the row-group driver every SIMD kernel shares.
+#[inline(always)]
+#[allow(dead_code)] // on targets with only the portable kernel
+fn for_row_groups(rows: Range<usize>, group: usize, mut kernel: impl FnMut(usize, usize)) {
+    let mut row = rows.start;
+    while row + group <= rows.end {
+        kernel(row, group);
+        row += group;
+    }
+    if group > 4 && row + 4 <= rows.end {
+        kernel(row, 4);
+        row += 4;
+    }
+    while row < rows.end {
+        kernel(row, 1);
+        row += 1;
+    }
+}
+
 /// Rows of activations per matmul job (a multiple of every kernel's row group).
 const ROWS_PER_JOB: usize = 64;
 /// 16-column tiles per matmul job.

@@ -9,15 +9,10 @@ use std::arch::wasm32::*;
 use std::ops::Range;
 
 pub fn tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
-    let mut row = rows.start;
-    while row + 4 <= rows.end {
-        self::rows::<4>(w, x, row, out);
-        row += 4;
-    }
-    while row < rows.end {
-        self::rows::<1>(w, x, row, out);
-        row += 1;
-    }
+    super::for_row_groups(rows, 4, |row, n| match n {
+        4 => self::rows::<4>(w, x, row, out),
+        _ => self::rows::<1>(w, x, row, out),
+    })
 }
 
 #[inline(always)]
