@@ -28,8 +28,13 @@ pub fn read_columns(path: &Path, columns: &[&str]) -> Result<Vec<Row>> {
 
 pub fn parse_columns(bytes: &[u8], columns: &[&str]) -> Result<Vec<Row>> {
     let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
-    if std::str::from_utf8(bytes).is_err() {
-        bail!("not UTF-8 text (save the CSV as UTF-8)");
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        bail!("empty file (expected a header line and rows)");
+    }
+    if let Err(e) = std::str::from_utf8(bytes) {
+        let at = e.valid_up_to();
+        let line = 1 + bytes[..at].iter().filter(|b| **b == b'\n').count();
+        bail!("line {line}: not UTF-8 text (byte 0x{:02x} at offset {at}; save the CSV as UTF-8)", bytes[at]);
     }
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
     let header: Vec<String> = reader.headers().context("reading the header")?.iter().map(|h| h.trim().to_lowercase()).collect();
@@ -309,6 +314,16 @@ mod tests {
                 .unwrap_err()
         );
         assert!(e.contains("line 3") && e.contains("line 4") && e.contains("do not name a file inside"), "{e}");
+    }
+
+    #[test]
+    fn empty_files_and_bad_bytes_are_named_with_their_line() {
+        let e = format!("{:#}", parse_columns(b"", &["image_id"]).unwrap_err());
+        assert!(e.contains("empty file"), "{e}");
+        let e = format!("{:#}", parse_columns(b"\xef\xbb\xbf \r\n", &["image_id"]).unwrap_err());
+        assert!(e.contains("empty file"), "{e}");
+        let e = format!("{:#}", parse_columns(b"image_id,caption\na.jpg,ok\nb.jpg,bad \xff here\n", &["image_id"]).unwrap_err());
+        assert!(e.contains("line 3") && e.contains("0xff") && e.contains("not UTF-8"), "{e}");
     }
 
     #[test]
