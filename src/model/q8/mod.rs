@@ -359,17 +359,28 @@ enum X86Kernel {
     Portable,
 }
 
+/// The fastest kernel this CPU has, or the one `TUWEN_Q8_KERNEL=portable|avx2` asks for; decided once per
+/// process (reading the environment takes a lock, and this is asked on every tile).
+#[cfg(target_arch = "x86_64")]
+fn best_x86_kernel() -> X86Kernel {
+    static BEST: std::sync::OnceLock<X86Kernel> = std::sync::OnceLock::new();
+    *BEST.get_or_init(|| {
+        let asked = std::env::var("TUWEN_Q8_KERNEL").ok();
+        match asked.as_deref() {
+            Some("portable") => X86Kernel::Portable,
+            _ if avx512::available() && asked.as_deref() != Some("avx2") => X86Kernel::Avx512Vnni,
+            _ if avx2::available() => X86Kernel::Avx2,
+            _ => X86Kernel::Portable,
+        }
+    })
+}
+
+/// The kernel for this matrix: the best one, except that the AVX2 kernel's sign trick cannot take a -128 weight.
 #[cfg(target_arch = "x86_64")]
 fn x86_kernel(w: &Q8Matrix) -> X86Kernel {
-    if std::env::var_os("TUWEN_Q8_KERNEL").is_some_and(|k| k == "portable") {
-        return X86Kernel::Portable;
-    }
-    if avx512::available() && !std::env::var_os("TUWEN_Q8_KERNEL").is_some_and(|k| k == "avx2") {
-        X86Kernel::Avx512Vnni
-    } else if avx2::available() && !w.has_min_quant {
-        X86Kernel::Avx2
-    } else {
-        X86Kernel::Portable
+    match best_x86_kernel() {
+        X86Kernel::Avx2 if w.has_min_quant => X86Kernel::Portable,
+        best => best,
     }
 }
 
