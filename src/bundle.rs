@@ -93,6 +93,30 @@ pub struct Bundle {
     /// Byte ranges of the embedding matrix and (int8) the row scales.
     values: std::ops::Range<usize>,
     scales: Option<std::ops::Range<usize>>,
+    /// Copies of the f16 values / f32 scales when they do not lie on their type's alignment in memory
+    /// (safetensors does not align tensors; other writers pad the header differently).
+    aligned: Aligned,
+}
+
+#[derive(Default)]
+struct Aligned {
+    values: Option<Vec<f16>>,
+    scales: Option<Vec<f32>>,
+}
+
+impl Aligned {
+    /// Copies whatever of `values` (f16 storage) and `scales` is not aligned for reading in place.
+    fn for_ranges(bytes: &[u8], storage: Storage, values: &std::ops::Range<usize>, scales: Option<&std::ops::Range<usize>>) -> Self {
+        let values = (storage == Storage::F16)
+            .then(|| &bytes[values.clone()])
+            .filter(|v| bytemuck::try_cast_slice::<u8, f16>(v).is_err())
+            .map(|v| v.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect());
+        let scales = scales
+            .map(|s| &bytes[s.clone()])
+            .filter(|s| bytemuck::try_cast_slice::<u8, f32>(s).is_err())
+            .map(|s| s.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect());
+        Self { values, scales }
+    }
 }
 
 /// Borrowed embedding rows in their stored form.
@@ -170,6 +194,9 @@ impl NewBundle<'_> {
         let dim = self.rows.first().map_or(0, Vec::len);
         if let Some(bad) = self.rows.iter().position(|r| r.len() != dim) {
             bail!("embedding {} ({}) has {} values, expected {dim}", bad, self.ids[bad], self.rows[bad].len());
+        }
+        if let Some(bad) = self.rows.iter().position(|r| r.iter().any(|x| !x.is_finite())) {
+            bail!("the embedding of {:?} holds a non-finite value: refusing to store it", self.ids[bad]);
         }
         let header = Header {
             version: VERSION,
@@ -296,7 +323,8 @@ impl Bundle {
         if Some(&sha) != metadata.get(META_SHA256) {
             bail!("bundle is corrupt: its checksum does not match its contents (modified or damaged)");
         }
-        Ok(Self { header, ids, captions, bytes, values, scales })
+        let aligned = Aligned::for_ranges(&bytes, header.storage, &values, scales.as_ref());
+        Ok(Self { header, ids, captions, bytes, values, scales, aligned })
     }
 
     pub fn len(&self) -> usize {
@@ -313,11 +341,18 @@ impl Bundle {
 
     pub fn rows(&self) -> Rows<'_> {
         let values = &self.bytes[self.values.clone()];
+        // In place when aligned, else the copies `Aligned` made: never a panic on a valid file.
         match &self.scales {
-            None => Rows::F16(bytemuck::try_cast_slice(values).expect("f16 data is 2-byte aligned (safetensors pads to 8)")),
+            None => Rows::F16(match &self.aligned.values {
+                Some(copy) => copy,
+                None => bytemuck::cast_slice(values),
+            }),
             Some(s) => Rows::Int8 {
                 values: bytemuck::cast_slice(values),
-                scales: bytemuck::try_cast_slice(&self.bytes[s.clone()]).expect("f32 data is aligned"),
+                scales: match &self.aligned.scales {
+                    Some(copy) => copy,
+                    None => bytemuck::cast_slice(&self.bytes[s.clone()]),
+                },
             },
         }
     }
@@ -329,6 +364,52 @@ impl Bundle {
             Rows::F16(v) => v[i * d..(i + 1) * d].iter().map(|x| x.to_f32()).collect(),
             Rows::Int8 { values, scales } => values[i * d..(i + 1) * d].iter().map(|q| *q as f32 * scales[i]).collect(),
         }
+    }
+
+    /// The entries named by `ids`, in that order: a bundle that covers more than a list is narrowed to it.
+    /// Errors naming (up to five of) the ids the bundle lacks; `what` names the bundle in messages.
+    pub fn select(&self, ids: &[String], what: &str) -> Result<Bundle> {
+        let position: HashMap<&str, usize> = self.ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+        let missing: Vec<&String> = ids.iter().filter(|id| !position.contains_key(id.as_str())).collect();
+        if !missing.is_empty() {
+            bail!(
+                "{what} lacks {} of the {} listed id(s), e.g. {:?}: index it from this list",
+                missing.len(),
+                ids.len(),
+                missing.iter().take(5).collect::<Vec<_>>()
+            );
+        }
+        let rows: Vec<usize> = ids.iter().map(|id| position[id.as_str()]).collect();
+        let d = self.dim();
+        let (mut values, mut scales) = (Vec::with_capacity(rows.len() * d * 2), Vec::new());
+        let bytes = &self.bytes[self.values.clone()];
+        let width = if self.scales.is_some() { 1 } else { 2 };
+        for &r in &rows {
+            values.extend_from_slice(&bytes[r * d * width..(r + 1) * d * width]);
+        }
+        if let Some(s) = &self.scales {
+            let s = &self.bytes[s.clone()];
+            for &r in &rows {
+                scales.extend_from_slice(&s[r * 4..(r + 1) * 4]);
+            }
+        }
+        let values_len = values.len();
+        // Scales start on a multiple of 4 so they can be read in place.
+        values.resize(values_len.next_multiple_of(4), 0);
+        let scales_at = values.len();
+        values.extend_from_slice(&scales);
+        let mut header = self.header.clone();
+        header.count = rows.len();
+        let (value_range, scale_range) = (0..values_len, self.scales.as_ref().map(|_| scales_at..scales_at + rows.len() * 4));
+        Ok(Bundle {
+            aligned: Aligned::for_ranges(&values, header.storage, &value_range, scale_range.as_ref()),
+            header,
+            ids: rows.iter().map(|&r| self.ids[r].clone()).collect(),
+            captions: self.captions.as_ref().map(|c| rows.iter().map(|&r| c[r].clone()).collect()),
+            values: value_range,
+            scales: scale_range,
+            bytes: Bytes::Owned(values),
+        })
     }
 
     /// Errors unless queries from `model` can be compared with this bundle.

@@ -272,7 +272,9 @@ impl Encoder {
         for chunk in texts.chunks(TEXT_BATCH) {
             let rows = chunk.iter().map(|t| tokenizer.encode(t.as_ref())).collect::<Result<Vec<_>>>()?;
             let (ids, mask, seq) = pad_batch(&rows, pad);
-            out.extend(self.run(|engine| { let (ids, mask) = (&ids, &mask); async move { engine.embed_tokens(ids, mask, seq).await } }).await?);
+            let rows = self.run(|engine| { let (ids, mask) = (&ids, &mask); async move { engine.embed_tokens(ids, mask, seq).await } }).await?;
+            require_finite(&rows, |i| format!("text {} ({:?})", out.len() + i, excerpt(chunk[i].as_ref())))?;
+            out.extend(rows);
         }
         Ok(out)
     }
@@ -298,7 +300,9 @@ impl Encoder {
                 data.extend_from_slice(&px.data);
             }
             let data = &data;
-            out.extend(self.run(|engine| async move { engine.embed_pixels(data, chunk.len()).await }).await?);
+            let rows = self.run(|engine| async move { engine.embed_pixels(data, chunk.len()).await }).await?;
+            require_finite(&rows, |i| format!("image {} of this call", out.len() + i))?;
+            out.extend(rows);
         }
         Ok(out)
     }
@@ -318,7 +322,25 @@ impl Encoder {
     }
 
     pub fn embed_image_file(&self, path: &Path) -> Result<Vec<f32>> {
-        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let bytes = crate::preprocess::read_image_file(path)?;
         self.embed_image_bytes(&bytes, &path.display().to_string())
     }
+}
+
+/// Errors unless every value of every embedding is finite; `name(i)` says which input row `i` came from. A NaN
+/// embedding would rank a gallery in list order and still look like a valid result.
+pub fn require_finite(rows: &[Vec<f32>], name: impl Fn(usize) -> String) -> Result<()> {
+    match rows.iter().position(|r| r.iter().any(|x| !x.is_finite())) {
+        Some(i) => bail!("{} gave a non-finite embedding: the model's weights are damaged (or the input is)", name(i)),
+        None => Ok(()),
+    }
+}
+
+/// The first characters of a text, for messages.
+fn excerpt(text: &str) -> String {
+    let mut short: String = text.chars().take(24).collect();
+    if short.len() < text.len() {
+        short.push('…');
+    }
+    short
 }

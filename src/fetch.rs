@@ -47,10 +47,60 @@ fn check_reachable(endpoint: &str) -> Result<()> {
     Err(offline(last))
 }
 
+/// Seconds without a byte arriving after which a download is given up (`TUWEN_FETCH_STALL_SECONDS`).
+fn stall_limit() -> Duration {
+    let seconds = std::env::var("TUWEN_FETCH_STALL_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60u64);
+    Duration::from_secs(seconds.max(1))
+}
+
+/// Total bytes of the files under `dir` (the hub cache, where downloads grow).
+fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => bytes_under(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// The hub client has no read timeout: a server that accepts the connection and never answers would hang
+/// the command forever. This watchdog ends the process with a message when the cache has not grown for
+/// `limit` (a request waiting on an answer counts as not growing).
+fn stall_watchdog(cache: PathBuf, endpoint: String, limit: Duration) -> std::sync::mpsc::Sender<()> {
+    let (done, stop) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let (mut last, mut since) = (bytes_under(&cache), std::time::Instant::now());
+        loop {
+            match stop.recv_timeout(Duration::from_millis(500)) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let now = bytes_under(&cache);
+            if now != last {
+                (last, since) = (now, std::time::Instant::now());
+            } else if since.elapsed() >= limit {
+                eprintln!(
+                    "error: no data from {endpoint} for {} s: the download stalled (files downloaded so far stay in {} \
+                     and are reused by the next try; TUWEN_FETCH_STALL_SECONDS sets this limit)",
+                    limit.as_secs(),
+                    cache.display()
+                );
+                std::process::exit(1);
+            }
+        }
+    });
+    done
+}
+
 /// Downloads `repo` into `out` in the HF layout and returns `out`.
 pub fn fetch_model(repo: &str, out: &Path) -> Result<PathBuf> {
     let endpoint = endpoint();
     check_reachable(&endpoint)?;
+    let cache = hf_hub::Cache::from_env().path().clone();
+    let _watchdog = stall_watchdog(cache, endpoint.clone(), stall_limit());
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_endpoint(endpoint.clone())
         .with_progress(true)

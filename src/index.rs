@@ -16,10 +16,45 @@ use std::path::{Path, PathBuf};
 
 /// What to embed.
 pub enum Items {
-    /// Image files `dir/id`.
-    Images { dir: PathBuf, ids: Vec<String> },
+    /// Image files `dir/id`, with the size and modification time each had when listed (`Items::images`).
+    Images { dir: PathBuf, ids: Vec<String>, files: Vec<FileStamp> },
     /// Texts with their ids.
     Texts { ids: Vec<String>, captions: Vec<String> },
+}
+
+/// What identifies a file's contents cheaply (as make and rsync do): its length and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FileStamp {
+    pub len: u64,
+    pub modified_ns: i128,
+}
+
+impl FileStamp {
+    /// The stamp of `path`; a file that cannot be read gets the zero stamp (it is skipped when embedded,
+    /// and a later fix changes its stamp, so the next run retries it).
+    pub fn of(path: &Path) -> Self {
+        let Ok(meta) = std::fs::metadata(path) else { return Self::default() };
+        let modified_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| match t.duration_since(std::time::UNIX_EPOCH) {
+                Ok(d) => Some(d.as_nanos() as i128),
+                Err(e) => Some(-(e.duration().as_nanos() as i128)),
+            })
+            .unwrap_or(0);
+        Self { len: meta.len(), modified_ns }
+    }
+}
+
+/// Bumped whenever decoding or resizing changes what pixels an image file gives.
+const PREPROCESS_RECIPE: &str = "tuwen.preprocess/1 bicubic-no-crop alpha-over-white";
+
+impl Items {
+    /// Image files of `dir`, stamped now: the stamps key the reuse of earlier work on these files.
+    pub fn images(dir: &Path, ids: Vec<String>) -> Result<Self> {
+        let files = ids.par_iter().map(|id| FileStamp::of(&dir.join(id))).collect();
+        Ok(Items::Images { dir: dir.to_path_buf(), ids, files })
+    }
 }
 
 impl Items {
@@ -42,21 +77,40 @@ impl Items {
         }
     }
 
-    /// Identifies the full input list (before sharding).
-    pub fn source_hash(&self) -> String {
+    /// Identifies the full input list (before sharding) and everything besides the model's weights that
+    /// decides its embeddings: ids, captions, each image file's length and modification time, and how
+    /// `encoder` turns them into model input (preprocessing; the tokenizer's vocabulary). Work is reused
+    /// only under the same hash.
+    pub fn source_hash(&self, encoder: &Encoder) -> Result<String> {
         let mut h = Sha256::new();
-        h.update(format!("{:?}", self.kind()));
+        let mut part = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
+        part(format!("{:?}", self.kind()).as_bytes());
         for id in self.ids() {
-            h.update((id.len() as u64).to_le_bytes());
-            h.update(id);
+            part(id.as_bytes());
         }
-        if let Items::Texts { captions, .. } = self {
-            for c in captions {
-                h.update((c.len() as u64).to_le_bytes());
-                h.update(c);
+        match self {
+            Items::Texts { captions, .. } => {
+                for c in captions {
+                    part(c.as_bytes());
+                }
+                let tokenizer = encoder.tokenizer()?;
+                part(format!("context {}", tokenizer.context_length()).as_bytes());
+                for token in tokenizer.vocab_lines() {
+                    part(token.as_bytes());
+                }
+            }
+            Items::Images { files, .. } => {
+                for f in files {
+                    part(&f.len.to_le_bytes());
+                    part(&f.modified_ns.to_le_bytes());
+                }
+                part(format!("{PREPROCESS_RECIPE} {:?}", encoder.preprocess_config()).as_bytes());
             }
         }
-        format!("sha256:{}", crate::bundle::hex(&h.finalize()))
+        Ok(format!("sha256:{}", crate::bundle::hex(&h.finalize())))
     }
 }
 
@@ -248,7 +302,7 @@ impl IndexJob<'_> {
     pub fn run(self) -> Result<IndexReport> {
         let start = std::time::Instant::now();
         let stamp = self.encoder.stamp()?;
-        let source = self.items.source_hash();
+        let source = self.items.source_hash(self.encoder)?;
         let range = self.shard.map_or(0..self.items.len(), |s| s.range(self.items.len()));
         let positions: Vec<usize> = range.collect();
         let header = JournalHeader {
@@ -259,6 +313,7 @@ impl IndexJob<'_> {
             count: positions.len(),
             dim: self.encoder.info.projection_dim,
         };
+        let _lock = crate::util::OutputLock::take(&self.out)?;
         let journal_path = with_suffix(&self.out, ".partial");
         let (mut journal, mut entries) = Journal::open(&journal_path, &header)?;
         let resumed = entries.iter().filter(|e| matches!(e, Some(Entry::Embedded(_)))).count();
@@ -333,14 +388,14 @@ impl IndexJob<'_> {
                 let texts: Vec<&str> = items.iter().map(|&i| captions[i].as_str()).collect();
                 Ok(self.encoder.embed_texts(&texts)?.into_iter().map(Entry::Embedded).collect())
             }
-            Items::Images { dir, ids } => {
+            Items::Images { dir, ids, .. } => {
                 let config = self.encoder.preprocess_config();
                 // Decoding and resizing dominate for large photos: spread them over all cores.
                 let decoded: Vec<Result<_>> = items
                     .par_iter()
                     .map(|&i| {
                         let path = dir.join(&ids[i]);
-                        let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+                        let bytes = crate::preprocess::read_image_file(&path)?;
                         preprocess(&bytes, &ids[i], config)
                     })
                     .collect();

@@ -10,6 +10,8 @@ use crate::config::PreprocessConfig;
 use anyhow::{anyhow, bail, Result};
 use image::imageops::FilterType;
 use image::{DynamicImage, RgbImage};
+#[cfg(not(target_arch = "wasm32"))]
+use std::path::Path;
 
 /// A decoded image larger than this in either side is refused (decompression bombs, OOM in the browser).
 pub const MAX_SIDE: u32 = 16_384;
@@ -21,8 +23,75 @@ pub struct Pixels {
     pub data: Vec<f32>,
 }
 
+/// The largest image file read (a photo of 16384² is well below; a 3 GB file that is not an image is refused
+/// after reading its first bytes, not all of them).
+pub const MAX_FILE_BYTES: u64 = 512 << 20;
+
+/// Memory all the images being decoded at once may take (natively, shared by the decoding threads): a
+/// decode waits until its share is free, so `--threads` does not multiply the peak. One image may take it all.
+pub const DECODE_BUDGET: u64 = 1536 << 20;
+
+/// Reads an image file, refusing early (from its size and first bytes) what cannot be an image we decode.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let name = path.display();
+    let mut file = std::fs::File::open(path).map_err(|e| anyhow!("{name}: cannot read: {e}"))?;
+    let len = file.metadata().map_err(|e| anyhow!("{name}: cannot read: {e}"))?.len();
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        bail!("{name}: not a file");
+    }
+    if len > MAX_FILE_BYTES {
+        bail!("{name}: {} MB is more than the {} MB an image file may have", len >> 20, MAX_FILE_BYTES >> 20);
+    }
+    let mut head = Vec::with_capacity(64);
+    file.by_ref().take(64).read_to_end(&mut head).map_err(|e| anyhow!("{name}: cannot read: {e}"))?;
+    if head.is_empty() {
+        bail!("{name}: the file is empty (0 bytes)");
+    }
+    if image::guess_format(&head).is_err() {
+        bail!("{name}: not an image (unrecognised format; JPEG, PNG, WebP, GIF, BMP and TIFF are supported)");
+    }
+    let mut bytes = head;
+    bytes.reserve(len as usize);
+    file.take(MAX_FILE_BYTES).read_to_end(&mut bytes).map_err(|e| anyhow!("{name}: cannot read: {e}"))?;
+    Ok(bytes)
+}
+
+/// Memory reserved from `DECODE_BUDGET` while one image is decoded and converted.
+struct BudgetShare(u64);
+
+static BUDGET_IN_USE: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+static BUDGET_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+impl BudgetShare {
+    fn take(bytes: u64) -> Self {
+        let bytes = bytes.min(DECODE_BUDGET);
+        let mut in_use = BUDGET_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
+        // wasm has one thread: nothing else can hold a share while this one waits.
+        while *in_use > 0 && *in_use + bytes > DECODE_BUDGET && !cfg!(target_arch = "wasm32") {
+            in_use = BUDGET_FREED.wait(in_use).unwrap_or_else(|e| e.into_inner());
+        }
+        *in_use += bytes;
+        Self(bytes)
+    }
+}
+
+impl Drop for BudgetShare {
+    fn drop(&mut self) {
+        *BUDGET_IN_USE.lock().unwrap_or_else(|e| e.into_inner()) -= self.0;
+        BUDGET_FREED.notify_all();
+    }
+}
+
 /// Decodes image bytes (any format the `image` crate reads). `name` is used in error messages.
 pub fn decode(bytes: &[u8], name: &str) -> Result<DynamicImage> {
+    Ok(decode_within_budget(bytes, name)?.0)
+}
+
+/// Decodes, holding a share of the decode budget sized for the decoded image and its RGB copy; the share is
+/// returned to the caller so that it lasts until the conversion is done.
+fn decode_within_budget(bytes: &[u8], name: &str) -> Result<(DynamicImage, BudgetShare)> {
     if bytes.is_empty() {
         bail!("{name}: the file is empty (0 bytes)");
     }
@@ -39,9 +108,40 @@ pub fn decode(bytes: &[u8], name: &str) -> Result<DynamicImage> {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(DECODE_BUDGET);
+    // The header alone gives the size: a 35-byte GIF that declares 11000×11000 costs nothing to refuse or
+    // to queue behind the images being decoded.
+    let decoder = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| anyhow!("{name}: cannot read: {e}"))?
+        .into_decoder()
+        .map_err(|e| anyhow!("{name}: cannot decode image: {e}"))?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
+    if w > MAX_SIDE || h > MAX_SIDE {
+        bail!("{name}: {w}×{h} pixels is larger than {MAX_SIDE} on a side (refused)");
+    }
+    // Peak bytes per pixel: the decoded image plus what `into_rgb` makes of it (nothing for 8-bit RGB).
+    let color = image::ImageDecoder::color_type(&decoder);
+    let conversion = match color {
+        image::ColorType::Rgb8 => 0,
+        image::ColorType::Rgba8 => 3,
+        c if c.has_alpha() => 4 + 3,
+        _ => 3,
+    };
+    let need = w as u64 * h as u64 * (color.bytes_per_pixel() as u64 + conversion);
+    if need > DECODE_BUDGET {
+        bail!(
+            "{name}: {w}×{h} pixels would take {} MB to decode, more than the {} MB allowed",
+            need >> 20,
+            DECODE_BUDGET >> 20
+        );
+    }
+    drop(decoder);
+    let share = BudgetShare::take(need);
     let mut reader = reader;
     reader.limits(limits);
-    reader.decode().map_err(|e| anyhow!("{name}: cannot decode image: {e}"))
+    let image = reader.decode().map_err(|e| anyhow!("{name}: cannot decode image: {e}"))?;
+    Ok((image, share))
 }
 
 /// True when an end-of-image marker (FF D9) follows the last start-of-scan (FF DA). Entropy-coded data
@@ -56,10 +156,15 @@ fn jpeg_scan_complete(bytes: &[u8]) -> bool {
 
 /// Converts to 8-bit RGB, compositing any alpha channel over white.
 pub fn to_rgb(image: &DynamicImage) -> RgbImage {
+    into_rgb(image.clone())
+}
+
+/// `to_rgb`, consuming the image: an 8-bit RGB image is returned as is, not copied.
+pub fn into_rgb(image: DynamicImage) -> RgbImage {
     if !image.color().has_alpha() {
-        return image.to_rgb8();
+        return image.into_rgb8();
     }
-    let rgba = image.to_rgba8();
+    let rgba = image.into_rgba8();
     let (w, h) = rgba.dimensions();
     let mut rgb = RgbImage::new(w, h);
     for (dst, src) in rgb.pixels_mut().zip(rgba.pixels()) {
@@ -88,8 +193,8 @@ pub fn normalize(rgb: &RgbImage, config: &PreprocessConfig) -> Pixels {
 
 /// Bytes of an image file → model input.
 pub fn preprocess(bytes: &[u8], name: &str, config: &PreprocessConfig) -> Result<Pixels> {
-    let image = decode(bytes, name)?;
-    Ok(normalize(&to_rgb(&image), config))
+    let (image, _share) = decode_within_budget(bytes, name)?;
+    Ok(normalize(&into_rgb(image), config))
 }
 
 #[cfg(test)]

@@ -179,6 +179,9 @@ pub fn top_k(rows: &Rows, dim: usize, query: &[f32], k: usize) -> Result<Vec<Hit
     if query.len() != dim {
         bail!("query has {} dimensions, the bundle {dim}", query.len());
     }
+    if query.iter().any(|x| !x.is_finite()) {
+        bail!("the query embedding holds a non-finite value (a damaged model?): nothing to rank by");
+    }
     let n = row_count(rows, dim);
     let scan = |chunk: usize| {
         let start = chunk * SCAN_CHUNK;
@@ -199,7 +202,8 @@ pub fn top_k(rows: &Rows, dim: usize, query: &[f32], k: usize) -> Result<Vec<Hit
     };
     #[cfg(target_arch = "wasm32")]
     let top = (0..chunks).map(scan).fold(TopK::new(k), TopK::merge);
-    Ok(top.items)
+    // Cosines of unit vectors lie in [-1, 1]; f16/int8 storage can round a hair past 1.
+    Ok(top.items.into_iter().map(|h| Hit { score: h.score.clamp(-1.0, 1.0), ..h }).collect())
 }
 
 /// Gallery rows converted to f32 per block, and queries per block, in the many-query product.
@@ -250,6 +254,9 @@ fn for_each_block(
 pub fn top_k_many(rows: &Rows, dim: usize, queries: &[Vec<f32>], k: usize, rerank: Rerank) -> Result<Vec<Vec<Hit>>> {
     if let Some(bad) = queries.iter().position(|q| q.len() != dim) {
         bail!("query {bad} has {} dimensions, the bundle {dim}", queries[bad].len());
+    }
+    if let Some(bad) = queries.iter().position(|q| q.iter().any(|x| !x.is_finite())) {
+        bail!("query {bad}'s embedding holds a non-finite value (a damaged model?): nothing to rank by");
     }
     let flat: Vec<f32> = queries.iter().flatten().copied().collect();
     let n = row_count(rows, dim);

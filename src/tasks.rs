@@ -23,7 +23,7 @@ pub fn ensure_bundle(encoder: &Encoder, items: Items, path: &Path, opts: &JobOpt
     if path.exists() {
         let bundle = Bundle::open(path)?;
         let stamp = encoder.stamp()?;
-        if bundle.header.model == stamp && bundle.header.source.as_deref() == Some(&items.source_hash()) {
+        if bundle.header.model == stamp && bundle.header.source.as_deref() == Some(&items.source_hash(encoder)?) {
             eprintln!("reusing {}", path.display());
             return Ok(bundle);
         }
@@ -50,6 +50,9 @@ fn rows(bundle: &Bundle) -> Vec<Vec<f32>> {
 
 /// Top results for every query of `queries` in `gallery`, as ids.
 fn rank(queries: &Bundle, gallery: &Bundle, k: usize, rerank: Rerank) -> Result<Vec<(String, Vec<String>)>> {
+    if queries.is_empty() {
+        return Ok(Vec::new());
+    }
     if gallery.len() < k {
         bail!("the gallery has {} entries, fewer than the {k} results each query needs", gallery.len());
     }
@@ -62,20 +65,27 @@ fn rank(queries: &Bundle, gallery: &Bundle, k: usize, rerank: Rerank) -> Result<
         .collect())
 }
 
-fn check_covers(list_ids: &[String], bundle: &Bundle, what: &str) -> Result<()> {
-    let have: std::collections::HashSet<&String> = bundle.ids.iter().collect();
-    let missing: Vec<&String> = list_ids.iter().filter(|id| !have.contains(id)).collect();
-    if !missing.is_empty() {
-        bail!(
-            "{what} lacks {} id(s) of the list, e.g. {:?}: rebuild it from this list",
-            missing.len(),
-            missing.iter().take(5).collect::<Vec<_>>()
-        );
+/// Image ids of a list (`image_data.csv`, `image_test.csv`): checked against the files in `images` when the
+/// folder is given, else only read (the gallery then comes from a bundle).
+fn list_ids(list: &Path, images: Option<&Path>) -> Result<Vec<String>> {
+    match images {
+        Some(dir) => teddy::read_image_list(list, dir),
+        None => teddy::read_ids(list, "image_id"),
+    }
+}
+
+/// Errors when `queries` has nothing to search with (every query image unreadable, say).
+fn require_queries(queries: &Bundle, asked: usize, path: &Path) -> Result<()> {
+    if queries.is_empty() {
+        let skipped = crate::util::with_suffix(path, ".skipped.csv");
+        bail!("none of the {asked} queries could be embedded (the reasons are in {})", skipped.display());
     }
     Ok(())
 }
 
-/// Task 1 (text → image): `result1.csv` for the texts of `word_test.csv`.
+/// Task 1 (text → image): `result1.csv` for the texts of `word_test.csv`. The gallery is the list
+/// (`image_data.csv`) when one is given: a bundle that holds more images is narrowed to it, one that lacks
+/// some is an error naming them.
 pub fn task1(
     encoder: &Encoder,
     texts_csv: &Path,
@@ -85,21 +95,24 @@ pub fn task1(
     out: &Path,
     opts: &JobOptions,
 ) -> Result<usize> {
+    let mut inputs = vec![texts_csv];
+    inputs.extend(image_list.into_iter().chain(image_bundle));
+    crate::util::refuse_overwriting(out, &inputs)?;
     let texts = teddy::read_captions(texts_csv, "text_id")?;
     let gallery = match (image_bundle, images) {
         (Some(b), _) => {
             let bundle = given_bundle(encoder, b, Kind::Image)?;
-            if let (Some(list), Some(dir)) = (image_list, images) {
-                check_covers(&teddy::read_image_list(list, dir)?, &bundle, &b.display().to_string())?;
+            match image_list {
+                Some(list) => bundle.select(&list_ids(list, images)?, &b.display().to_string())?,
+                None => bundle,
             }
-            bundle
         }
         (None, Some(dir)) => {
             let ids = match image_list {
                 Some(list) => teddy::read_image_list(list, dir)?,
                 None => teddy::list_images(dir)?,
             };
-            ensure_bundle(encoder, Items::Images { dir: dir.to_path_buf(), ids }, &opts.work.join("images.bundle"), opts)?
+            ensure_bundle(encoder, Items::images(dir, ids)?, &opts.work.join("images.bundle"), opts)?
         }
         (None, None) => bail!("task 1 needs the gallery: --images DIR (with --image-list) or --image-bundle"),
     };
@@ -110,7 +123,8 @@ pub fn task1(
     Ok(results.len())
 }
 
-/// Task 2 (image → text): `result2.csv` for the images of `image_test.csv`.
+/// Task 2 (image → text): `result2.csv` for the images of `image_test.csv`. The texts are `word_data.csv`
+/// when given: a text bundle is narrowed to its ids and must hold the same captions.
 pub fn task2(
     encoder: &Encoder,
     image_list: &Path,
@@ -120,25 +134,37 @@ pub fn task2(
     out: &Path,
     opts: &JobOptions,
 ) -> Result<usize> {
+    let mut inputs = vec![image_list];
+    inputs.extend(texts_csv.into_iter().chain(text_bundle));
+    crate::util::refuse_overwriting(out, &inputs)?;
     let ids = teddy::read_image_list(image_list, images)?;
     let gallery = match (text_bundle, texts_csv) {
-        (Some(b), _) => given_bundle(encoder, b, Kind::Text)?,
+        (Some(b), texts) => {
+            let bundle = given_bundle(encoder, b, Kind::Text)?;
+            match texts {
+                Some(csv) => narrow_texts(&bundle, &teddy::read_captions(csv, "text_id")?, b, csv)?,
+                None => bundle,
+            }
+        }
         (None, Some(csv)) => {
             let (ids, captions) = teddy::read_captions(csv, "text_id")?.into_iter().unzip();
             ensure_bundle(encoder, Items::Texts { ids, captions }, &opts.work.join("texts.bundle"), opts)?
         }
         (None, None) => bail!("task 2 needs the texts: --texts word_data.csv or --text-bundle"),
     };
-    let queries = ensure_bundle(
-        encoder,
-        Items::Images { dir: images.to_path_buf(), ids: ids.clone() },
-        &opts.work.join("queries.bundle"),
-        opts,
-    )?;
+    let queries_path = opts.work.join("queries.bundle");
+    let queries = ensure_bundle(encoder, Items::images(images, ids.clone())?, &queries_path, opts)?;
+    require_queries(&queries, ids.len(), &queries_path)?;
     let mut results = rank(&queries, &gallery, RESULTS_PER_QUERY, opts.rerank)?;
     if results.len() < ids.len() {
         // Unreadable query images (listed in the skipped report) still get rows: the template wants
         // every query; their results are the gallery's most generic texts (the mean query's top 5).
+        eprintln!(
+            "warning: {} of {} query images could not be read (see {}): their rows hold the most generic texts",
+            ids.len() - results.len(),
+            ids.len(),
+            crate::util::with_suffix(&queries_path, ".skipped.csv").display()
+        );
         let mean = mean_row(&queries);
         let fallback = top_k_many(&gallery.rows(), gallery.dim(), &[mean], RESULTS_PER_QUERY, Rerank::None)?;
         let fallback: Vec<String> = fallback[0].iter().map(|h| gallery.ids[h.index].clone()).collect();
@@ -147,6 +173,22 @@ pub fn task2(
     }
     teddy::write_results(out, teddy::RESULT2_HEADER, &results)?;
     Ok(results.len())
+}
+
+/// The texts of `csv` out of a text bundle: every id present, with the caption the CSV gives it.
+fn narrow_texts(bundle: &Bundle, texts: &[(String, String)], bundle_path: &Path, csv: &Path) -> Result<Bundle> {
+    let ids: Vec<String> = texts.iter().map(|(id, _)| id.clone()).collect();
+    let narrowed = bundle.select(&ids, &bundle_path.display().to_string())?;
+    if let Some(captions) = &narrowed.captions {
+        if let Some(((id, caption), _)) = texts.iter().zip(captions).find(|((_, a), b)| a != *b) {
+            bail!(
+                "{} holds another caption for text {id:?} than {} ({caption:?}): index the texts again",
+                bundle_path.display(),
+                csv.display()
+            );
+        }
+    }
+    Ok(narrowed)
 }
 
 fn mean_row(bundle: &Bundle) -> Vec<f32> {
@@ -191,11 +233,11 @@ impl std::fmt::Display for EvalReport {
 
 /// Evaluates retrieval over `image_id,caption` pairs: each caption's true match is its image and back.
 pub fn eval(encoder: &Encoder, pairs: &Path, images: &Path, opts: &JobOptions) -> Result<EvalReport> {
-    let rows = teddy::read_captions(pairs, "image_id")?;
+    // read_pairs checks every image id against the folder, naming the CSV line each came from.
+    let rows = teddy::read_pairs(pairs, images)?;
     let ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
-    teddy::check_files(pairs, images, &rows.iter().enumerate().map(|(i, (id, _))| (i as u64 + 2, id.clone())).collect::<Vec<_>>())?;
     let image_bundle =
-        ensure_bundle(encoder, Items::Images { dir: images.to_path_buf(), ids: ids.clone() }, &opts.work.join("eval-images.bundle"), opts)?;
+        ensure_bundle(encoder, Items::images(images, ids.clone())?, &opts.work.join("eval-images.bundle"), opts)?;
     // Texts are keyed by their image's id (unique, checked above).
     let (tids, captions) = rows.into_iter().unzip();
     let text_bundle = ensure_bundle(encoder, Items::Texts { ids: tids, captions }, &opts.work.join("eval-texts.bundle"), opts)?;

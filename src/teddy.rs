@@ -36,6 +36,7 @@ pub fn parse_columns(bytes: &[u8], columns: &[&str]) -> Result<Vec<Row>> {
         let line = 1 + bytes[..at].iter().filter(|b| **b == b'\n').count();
         bail!("line {line}: not UTF-8 text (byte 0x{:02x} at offset {at}; save the CSV as UTF-8)", bytes[at]);
     }
+    check_quoting(bytes)?;
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
     let header: Vec<String> = reader.headers().context("reading the header")?.iter().map(|h| h.trim().to_lowercase()).collect();
     let index: Vec<usize> = columns
@@ -62,6 +63,57 @@ pub fn parse_columns(bytes: &[u8], columns: &[&str]) -> Result<Vec<Row>> {
         rows.push(Row { line, fields });
     }
     Ok(rows)
+}
+
+/// The csv reader is lenient: a quote that never closes swallows every following row into one field, and
+/// text after a closing quote is glued on. Both lose rows silently, so they are errors here, with the line
+/// where the field opened. (A quote inside an unquoted field is literal text, as in the reader.)
+fn check_quoting(bytes: &[u8]) -> Result<()> {
+    let (mut i, mut line, mut field_start) = (0, 1u64, true);
+    while i < bytes.len() {
+        if field_start && bytes[i] == b'"' {
+            let opened = line;
+            i += 1;
+            loop {
+                match bytes.get(i) {
+                    None => bail!(
+                        "line {opened}: a quoted field opens here and never closes (an unbalanced \"): every row after \
+                         it would be read as part of it"
+                    ),
+                    Some(b'"') if bytes.get(i + 1) == Some(&b'"') => i += 2,
+                    Some(b'"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(b) => {
+                        line += (*b == b'\n') as u64;
+                        i += 1;
+                    }
+                }
+            }
+            while matches!(bytes.get(i), Some(b' ' | b'\t')) {
+                i += 1;
+            }
+            if !matches!(bytes.get(i), None | Some(b',' | b'\n' | b'\r')) {
+                bail!(
+                    "line {line}: text follows the closing quote of a field opened on line {opened} (an unbalanced \" \
+                     or a quote that should be doubled \"\")"
+                );
+            }
+            field_start = false;
+            continue;
+        }
+        match bytes[i] {
+            b',' => field_start = true,
+            b'\n' => {
+                line += 1;
+                field_start = true;
+            }
+            _ => field_start = false,
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// The 1-based line on which the record starting at `offset` begins. (csv's own line count is one short
@@ -113,11 +165,20 @@ fn caption_rows(path: &Path, id_column: &str) -> Result<Vec<Row>> {
 
 /// Image ids from a CSV column `image_id`, each checked to exist as a file in `images`.
 pub fn read_image_list(path: &Path, images: &Path) -> Result<Vec<String>> {
-    let rows = read_columns(path, &["image_id"])?;
-    check_ids(&rows, "image_id").with_context(|| format!("{}", path.display()))?;
-    let ids: Vec<(u64, String)> = rows.into_iter().map(|r| (r.line, r.fields[0].trim().to_string())).collect();
+    let ids = id_rows(path, "image_id")?;
     check_files(path, images, &ids)?;
     Ok(ids.into_iter().map(|(_, id)| id).collect())
+}
+
+/// The unique, non-empty ids of `column`, with no files to check (the gallery comes from a bundle).
+pub fn read_ids(path: &Path, column: &str) -> Result<Vec<String>> {
+    Ok(id_rows(path, column)?.into_iter().map(|(_, id)| id).collect())
+}
+
+fn id_rows(path: &Path, column: &str) -> Result<Vec<(u64, String)>> {
+    let rows = read_columns(path, &[column])?;
+    check_ids(&rows, column).with_context(|| format!("{}", path.display()))?;
+    Ok(rows.into_iter().map(|r| (r.line, r.fields[0].trim().to_string())).collect())
 }
 
 /// Why `id` cannot name a file inside an images folder, if it cannot: an id is a relative path of plain
@@ -197,25 +258,57 @@ pub fn check_files(list: &Path, images: &Path, ids: &[(u64, String)]) -> Result<
     Ok(())
 }
 
-/// Every image file in `dir` (by extension), sorted by name: the gallery when no list is given.
+/// Every file under `dir` (sub-folders included, ids `sub/name.jpg`), sorted: the gallery when no list is
+/// given. Nothing is left out silently: a file that is not an image becomes a skipped entry with its reason
+/// when embedded; a name that is not UTF-8 (it could not be an id in a CSV) is an error naming it.
 pub fn list_images(dir: &Path) -> Result<Vec<String>> {
-    const EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
     let mut ids = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
-        let path = entry?.path();
-        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_lowercase).unwrap_or_default();
-        if path.is_file() && EXTENSIONS.contains(&ext.as_str()) {
-            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                image_path(dir, name).map_err(|why| anyhow::anyhow!("{}: {why}", dir.display()))?;
-                ids.push(name.to_string());
-            }
-        }
+    let mut bad_names = Vec::new();
+    walk(dir, dir, &mut ids, &mut bad_names)?;
+    if !bad_names.is_empty() {
+        bail!(
+            "{}: {} file name(s) are not UTF-8, so no CSV could name them: {} (rename them)",
+            dir.display(),
+            bad_names.len(),
+            bad_names.iter().take(5).map(|p: &std::path::PathBuf| format!("{:?}", p)).collect::<Vec<_>>().join(", ")
+        );
     }
     if ids.is_empty() {
-        bail!("{}: no image files (jpg, png, webp, gif, bmp, tiff)", dir.display());
+        bail!("{}: no files to index", dir.display());
     }
     ids.sort();
     Ok(ids)
+}
+
+fn walk(root: &Path, dir: &Path, ids: &mut Vec<String>, bad_names: &mut Vec<std::path::PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
+        let entry = entry.with_context(|| format!("{}: cannot list", dir.display()))?;
+        let path = entry.path();
+        let Ok(relative) = path.strip_prefix(root) else { continue };
+        let Some(id) = relative.to_str().map(|s| s.replace(std::path::MAIN_SEPARATOR, "/")) else {
+            bad_names.push(path.clone());
+            continue;
+        };
+        // Links are followed only where they stay inside the folder (image_path refuses the others).
+        let real = match image_path(root, &id) {
+            Ok(real) => real,
+            // A dangling link is listed: embedding it fails, and it is reported as skipped with the reason.
+            Err(_) if !path.exists() && path.symlink_metadata().is_ok() => {
+                ids.push(id);
+                continue;
+            }
+            Err(why) => bail!("{}: {why}", root.display()),
+        };
+        if real.is_dir() {
+            if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                continue; // a link to a folder inside: its files are listed under their own names already
+            }
+            walk(root, &path, ids, bad_names)?;
+        } else {
+            ids.push(id);
+        }
+    }
+    Ok(())
 }
 
 /// Writes a result CSV: `header`, then `RESULTS_PER_QUERY` rows per query, ranks 1…5 (atomically).

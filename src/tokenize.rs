@@ -83,6 +83,7 @@ impl TextTokenizer {
 
     /// `[CLS] tokens… [SEP]`, truncated to the context length, unpadded.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let text = enough_of(text, self.context_length);
         let encoding = self
             .inner
             .encode(text, true)
@@ -90,6 +91,48 @@ impl TextTokenizer {
             .context("tokenizer failure")?;
         Ok(encoding.get_ids().to_vec())
     }
+}
+
+/// A prefix of `text` that tokenizes to the same first `tokens` tokens as the whole text, so that a caption of
+/// megabytes costs what a short one does (the tokenizer would otherwise build offsets for every character
+/// before truncating). The prefix ends where BERT's pre-tokenizer splits for certain (whitespace, a CJK
+/// character, ASCII punctuation) after enough pieces that each give at least one token.
+fn enough_of(text: &str, tokens: usize) -> &str {
+    if text.len() <= 4096 {
+        return text;
+    }
+    let splits_alone = |c: char| c.is_ascii_punctuation() || is_cjk(c);
+    let (mut pieces, mut in_word, mut word_counts) = (0usize, false, false);
+    for (at, c) in text.char_indices() {
+        // Only the whitespace every BERT implementation splits on (not U+2028 and the like).
+        let boundary = matches!(c, ' ' | '\t' | '\n' | '\r') || splits_alone(c);
+        if boundary {
+            if in_word && word_counts {
+                pieces += 1;
+            }
+            in_word = false;
+            word_counts = false;
+            // Margin: [CLS], [SEP] and pieces that might be dropped by cleaning.
+            if pieces >= tokens + 8 {
+                return &text[..at];
+            }
+            if splits_alone(c) {
+                pieces += 1;
+            }
+        } else {
+            in_word = true;
+            // A run of control or combining characters alone may give no token: count runs with a letter or digit.
+            word_counts |= c.is_alphanumeric();
+        }
+    }
+    text
+}
+
+/// The CJK ranges BERT's tokenizer puts spaces around (`_is_chinese_char`).
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0x20000..=0x2A6DF | 0x2A700..=0x2B73F | 0x2B740..=0x2B81F
+        | 0x2B820..=0x2CEAF | 0xF900..=0xFAFF | 0x2F800..=0x2FA1F)
 }
 
 #[cfg(test)]
@@ -114,6 +157,27 @@ mod tests {
         let ids = t.encode(&"图".repeat(200)).unwrap();
         assert_eq!(ids.len(), CONTEXT_LENGTH);
         assert_eq!((ids[0], ids[CONTEXT_LENGTH - 1]), (2, 3));
+    }
+
+    #[test]
+    fn a_huge_caption_gives_the_tokens_of_its_beginning() {
+        let t = tiny();
+        let parts = ["图", "文", "hello", "HELLOs", " ", ",", "\u{2028}", "\u{0301}", "\u{7}", "猫", "x", "é", "，", "\t", "😀"];
+        let mut seed = 7u64;
+        for round in 0..40 {
+            let mut text = String::new();
+            if round % 5 == 0 {
+                text.push_str(&"y".repeat(5000)); // one word longer than WordPiece takes: a single [UNK]
+            }
+            while text.len() < 6000 + round * 300 {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let part = parts[(seed >> 33) as usize % parts.len()];
+                text.push_str(&part.repeat(1 + (seed >> 50) as usize % 3));
+            }
+            let whole = t.inner.encode(text.as_str(), true).unwrap().get_ids().to_vec();
+            assert_eq!(t.encode(&text).unwrap(), whole, "round {round}");
+            assert!(enough_of(&text, CONTEXT_LENGTH).len() < text.len() || round % 5 == 0, "round {round} was not shortened");
+        }
     }
 
     #[test]

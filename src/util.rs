@@ -51,3 +51,64 @@ pub fn parallel_for(n: usize, job: impl Fn(usize) + Sync + Send) {
     #[cfg(target_arch = "wasm32")]
     (0..n).for_each(job);
 }
+
+/// Errors when writing `out` would replace one of `inputs` (the same file under any name: links, `./`,
+/// `..`), e.g. `--out` given the path of `--texts`. Outputs are written by rename, so the input would be lost.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn refuse_overwriting(out: &Path, inputs: &[&Path]) -> Result<()> {
+    let resolve = |p: &Path| -> Option<PathBuf> {
+        if let Ok(real) = p.canonicalize() {
+            return Some(real);
+        }
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Some(parent.canonicalize().ok()?.join(p.file_name()?))
+    };
+    let Some(target) = resolve(out) else { return Ok(()) };
+    for input in inputs {
+        if resolve(input).is_some_and(|i| i == target) {
+            anyhow::bail!("{} is an input of this command: refusing to write the output over it", out.display());
+        }
+    }
+    Ok(())
+}
+
+/// An advisory lock on `<path>.lock`, held while a run writes `path`; a second run on the same output stops
+/// with a message instead of racing the first (the OS drops the lock when a process dies, so a killed run
+/// never leaves a stale one).
+#[cfg(not(target_arch = "wasm32"))]
+pub struct OutputLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl OutputLock {
+    pub fn take(path: &Path) -> Result<Self> {
+        let lock = with_suffix(path, ".lock");
+        if let Some(dir) = lock.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .with_context(|| format!("creating {}", lock.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { path: lock, _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another tuwen run is writing {} (it holds {}): wait for it, or stop it",
+                path.display(),
+                lock.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", lock.display())),
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -283,6 +283,12 @@ fn load(model: &std::path::Path, towers: Towers) -> Result<Encoder> {
 }
 
 fn main() {
+    // Mesa's implicit Vulkan layer that picks the display's GPU connects to Wayland/X11 and prints
+    // "XDG_RUNTIME_DIR is invalid" on headless machines; tuwen picks adapters itself and opens no window.
+    // (Set here, before any thread starts.)
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() && std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
     let matches = Cli::command().get_matches();
     let result = Cli::from_arg_matches(&matches).map_err(anyhow::Error::from).and_then(|cli| run(cli, &matches));
     if let Err(e) = result {
@@ -297,6 +303,14 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         if n == 0 {
             bail!("--threads must be at least 1");
         }
+        // More threads than a few per core only costs memory (each decodes an image) and start-up time.
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let n = if n > 4 * cores {
+            eprintln!("warning: --threads {n} on {cores} core(s): using {} (4 per core is the most that helps)", 4 * cores);
+            4 * cores
+        } else {
+            n
+        };
         // candle's matmuls read RAYON_NUM_THREADS; decoding and search use rayon's global pool.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting up threads")?;
@@ -331,7 +345,12 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         }
         Command::Eval { gallery: PairsArgs { model, pairs, images }, json, job } => {
             let encoder = load(&model, Towers::Both)?;
-            let opts = job.options(&PathBuf::from("tuwen-eval"));
+            // Intermediate bundles beside the JSON report when there is one; their reuse is keyed on the
+            // files, model and preprocessing, so another folder or changed images are embedded afresh.
+            let opts = job.options(&json.clone().unwrap_or_else(|| PathBuf::from("tuwen-eval")));
+            if let Some(path) = &json {
+                tuwen::util::refuse_overwriting(path, &[&pairs])?;
+            }
             let report = tuwen::tasks::eval(&encoder, &pairs, &images, &opts)?;
             println!("{report}");
             if let Some(path) = json {
@@ -340,6 +359,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Command::Quantize { model, dtype, tower, out } => {
+            tuwen::util::refuse_overwriting(&out, &[&model])?;
             let bytes = if model.is_file() {
                 tuwen::quantize::extract_file(&model, dtype, tower, &out)?
             } else {
@@ -383,18 +403,21 @@ fn index(what: IndexCommand) -> Result<()> {
     use tuwen::index::{IndexJob, Items};
     let (model, items, out, opts) = match what {
         IndexCommand::Merge { out, shards } => {
+            tuwen::util::refuse_overwriting(&out, &shards.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
             let n = tuwen::index::merge(&shards, &out)?;
             eprintln!("merged {} shards into {} ({n} entries)", shards.len(), out.display());
             return Ok(());
         }
         IndexCommand::Images { model, images, list, out, opts } => {
+            tuwen::util::refuse_overwriting(&out, &list.iter().map(PathBuf::as_path).chain([model.as_path()]).collect::<Vec<_>>())?;
             let ids = match &list {
                 Some(list) => tuwen::teddy::read_image_list(list, &images)?,
                 None => tuwen::teddy::list_images(&images)?,
             };
-            (model, Items::Images { dir: images, ids }, out, opts)
+            (model, Items::images(&images, ids)?, out, opts)
         }
         IndexCommand::Texts { model, csv, id_column, out, opts } => {
+            tuwen::util::refuse_overwriting(&out, &[&csv, &model])?;
             let (ids, captions) = tuwen::teddy::read_captions(&csv, &id_column)?.into_iter().unzip();
             (model, Items::Texts { ids, captions }, out, opts)
         }

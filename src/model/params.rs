@@ -71,9 +71,9 @@ impl Params {
         match &self.source {
             Source::Checkpoint(vb) => {
                 let vb = self.prefix.iter().fold(vb.clone(), |vb, p| vb.pp(p));
-                vb.get_with_hints(shape, name, hint)
+                finite(vb.get_with_hints(shape, name, hint)?, &self.path(name))
             }
-            Source::Gguf(_) => self.packed(&shape, name)?.dequantize(&self.device),
+            Source::Gguf(_) => finite(self.packed(&shape, name)?.dequantize(&self.device)?, &self.path(name)),
         }
     }
 
@@ -89,11 +89,13 @@ impl Params {
                 let q = self.packed(&Shape::from((out_dim, in_dim)), name)?;
                 let packed = match q.dtype() {
                     // Float storage stays exact: f32 matmul, not requantized to q8_0.
-                    GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => return Ok(Matrix::Dense(q.dequantize(&self.device)?)),
+                    GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                        return Ok(Matrix::Dense(finite(q.dequantize(&self.device)?, &self.path(name))?))
+                    }
                     GgmlDType::Q8_0 => Q8Matrix::from_q8_0_bytes(out_dim, in_dim, &q.data()?)
-                        .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", self.path(name))))?,
+                        .map_err(|e| candle_core::Error::Msg(format!("tensor {}: {e}", self.path(name))))?,
                     _ => {
-                        let weights = q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+                        let weights = finite(q.dequantize(&Device::Cpu)?, &self.path(name))?.flatten_all()?.to_vec1::<f32>()?;
                         Q8Matrix::quantize(out_dim, in_dim, &weights)
                     }
                 };
@@ -101,6 +103,16 @@ impl Params {
             }
         }
     }
+}
+
+/// `t`, unless it holds a NaN or an infinity (a damaged download): then an error naming the tensor, instead of
+/// embeddings that are all NaN and rankings that look valid.
+fn finite(t: Tensor, path: &str) -> Result<Tensor> {
+    let values = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+    if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+        candle_core::bail!("tensor {path} holds a non-finite value ({} at element {i}): the model file is damaged", values[i]);
+    }
+    Ok(t)
 }
 
 /// A dense layer's parameters as loaded, before a backend takes them: `y = x·Wᵀ (+ b)` with `W` `[out, in]`.

@@ -125,6 +125,13 @@ impl Q8Matrix {
         if in_dim % BLOCK != 0 || data.len() != out_dim * blocks * BYTES {
             return Err(format!("q8_0 data of {} bytes does not hold a [{out_dim}, {in_dim}] matrix", data.len()));
         }
+        if let Some(block) = data.chunks_exact(BYTES).position(|raw| !f16::from_le_bytes([raw[0], raw[1]]).is_finite()) {
+            return Err(format!(
+                "the scale of q8_0 block {} of row {} is not finite: the model file is damaged",
+                block % blocks,
+                block / blocks
+            ));
+        }
         Ok(Self::pack(out_dim, in_dim, |column, b| {
             let raw = &data[(column * blocks + b) * BYTES..][..BYTES];
             let scale = f16::from_le_bytes([raw[0], raw[1]]).to_f32();
