@@ -51,6 +51,12 @@ setup() {
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${packages[@]}" >/dev/null
   fi
+  # Slurm: tests/slurm.rs starts a real single-node cluster (nothing starts at install).
+  if ! command -v slurmctld >/dev/null; then
+    log "installing slurm-wlm (tests/slurm.rs runs a real single-node cluster)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends slurm-wlm >/dev/null
+  fi
   # wasm-opt from npm's binaryen (Debian's is too old for wasm-bindgen's output) and playwright-core.
   if [ ! -x node_modules/.bin/wasm-opt ] || [ ! -d node_modules/playwright-core ] || [ package-lock.json -nt node_modules ]; then
     log "installing the page tools (npm ci: binaryen, playwright-core)"

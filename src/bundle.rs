@@ -8,7 +8,9 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
 pub const FORMAT: &str = "tuwen.bundle";
-pub const VERSION: u32 = 1;
+/// Version 2 keeps ids and captions in tensors (version 1 kept them in the safetensors header, which
+/// readers cap at 100 MB: a few hundred thousand captions). Version 1 files are still read.
+pub const VERSION: u32 = 2;
 
 /// What the gallery holds: images (embedded by the vision tower) or texts (by the text tower).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +133,63 @@ const META_CAPTIONS: &str = "tuwen.captions";
 const META_SHA256: &str = "tuwen.sha256";
 const META_FORMAT: &str = "format";
 
+const T_EMBEDDINGS: &str = "embeddings";
+const T_SCALES: &str = "scales";
+const T_IDS: &str = "ids";
+const T_ID_OFFSETS: &str = "id_offsets";
+const T_CAPTIONS: &str = "captions";
+const T_CAPTION_OFFSETS: &str = "caption_offsets";
+/// The tensors a version 2 checksum covers, in this order (absent ones count as empty).
+const V2_HASHED: [&str; 6] = [T_EMBEDDINGS, T_SCALES, T_IDS, T_ID_OFFSETS, T_CAPTIONS, T_CAPTION_OFFSETS];
+
+/// Strings as one UTF-8 byte run and `count + 1` little-endian u64 offsets into it.
+fn pack_strings(strings: &[String]) -> (Vec<u8>, Vec<u8>) {
+    let mut text = Vec::with_capacity(strings.iter().map(String::len).sum());
+    let mut offsets = Vec::with_capacity((strings.len() + 1) * 8);
+    offsets.extend(0u64.to_le_bytes());
+    for s in strings {
+        text.extend_from_slice(s.as_bytes());
+        offsets.extend((text.len() as u64).to_le_bytes());
+    }
+    (text, offsets)
+}
+
+/// The strings `pack_strings` packed, checked: offsets in order and inside the text, each piece UTF-8.
+fn unpack_strings(text: &[u8], offsets: &[u8], count: usize, what: &str) -> Result<Vec<String>> {
+    if offsets.len() != (count + 1) * 8 {
+        bail!("bundle {what} offsets hold {} bytes, expected {}", offsets.len(), (count + 1) * 8);
+    }
+    let at = |i: usize| u64::from_le_bytes(offsets[i * 8..i * 8 + 8].try_into().unwrap());
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let (a, b) = (at(i), at(i + 1));
+        if a > b || b > text.len() as u64 {
+            bail!("bundle {what} {i}: offsets {a}..{b} are out of order or past the {} bytes of text", text.len());
+        }
+        let piece = std::str::from_utf8(&text[a as usize..b as usize]).map_err(|_| anyhow!("bundle {what} {i} is not UTF-8"))?;
+        out.push(piece.to_string());
+    }
+    if at(0) != 0 || at(count) != text.len() as u64 {
+        bail!("bundle {what} offsets do not span their text");
+    }
+    Ok(out)
+}
+
+/// Version 2 checksum: the header string, then each tensor of `V2_HASHED`, each preceded by its length.
+fn integrity_hash_v2<'a>(header_json: &str, tensor: impl Fn(&str) -> Option<&'a [u8]>) -> String {
+    let mut h = Sha256::new();
+    let mut part = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    part(header_json.as_bytes());
+    for name in V2_HASHED {
+        part(tensor(name).unwrap_or_default());
+    }
+    hex(&h.finalize())
+}
+
+/// Version 1 checksum (ids and captions in the header).
 fn integrity_hash(header_json: &str, ids_json: &str, captions_json: Option<&str>, tensors: &[&[u8]]) -> String {
     let mut h = Sha256::new();
     for part in [header_json.as_bytes(), ids_json.as_bytes(), captions_json.unwrap_or("").as_bytes()] {
@@ -209,8 +268,6 @@ impl NewBundle<'_> {
             source: self.source.clone(),
         };
         let header_json = serde_json::to_string(&header)?;
-        let ids_json = serde_json::to_string(self.ids)?;
-        let captions_json = self.captions.map(serde_json::to_string).transpose()?;
         let (values, values_dtype, scales): (Vec<u8>, _, Option<Vec<u8>>) = match self.storage {
             Storage::F16 => {
                 let v: Vec<f16> = self.rows.iter().flatten().map(|x| f16::from_f32(*x)).collect();
@@ -219,30 +276,33 @@ impl NewBundle<'_> {
             Storage::Int8 => {
                 let mut q = Vec::with_capacity(count * dim);
                 let s: Vec<f32> = self.rows.iter().map(|r| quantize_row(r, &mut q)).collect();
-                (bytemuck::cast_slice(&q).to_vec(), safetensors::Dtype::I8, Some(bytemuck::cast_slice(&s).to_vec()))
+                (bytemuck::cast_slice(&q).to_vec(), safetensors::Dtype::I8, Some(s.iter().flat_map(|x| x.to_le_bytes()).collect()))
             }
         };
-        let mut tensors: Vec<&[u8]> = vec![&values];
+        let (ids, id_offsets) = pack_strings(self.ids);
+        let captions = self.captions.map(pack_strings);
+        let mut tensors: Vec<(&str, safetensors::Dtype, Vec<usize>, &[u8])> = vec![
+            (T_EMBEDDINGS, values_dtype, vec![count, dim], &values),
+            (T_IDS, safetensors::Dtype::U8, vec![ids.len()], &ids),
+            (T_ID_OFFSETS, safetensors::Dtype::U64, vec![count + 1], &id_offsets),
+        ];
         if let Some(s) = &scales {
-            tensors.push(s);
+            tensors.push((T_SCALES, safetensors::Dtype::F32, vec![count], s));
         }
-        let sha = integrity_hash(&header_json, &ids_json, captions_json.as_deref(), &tensors);
-        let mut metadata = HashMap::from([
+        if let Some((text, offsets)) = &captions {
+            tensors.push((T_CAPTIONS, safetensors::Dtype::U8, vec![text.len()], text));
+            tensors.push((T_CAPTION_OFFSETS, safetensors::Dtype::U64, vec![count + 1], offsets));
+        }
+        let sha = integrity_hash_v2(&header_json, |name| tensors.iter().find(|t| t.0 == name).map(|t| t.3));
+        let metadata = HashMap::from([
             (META_FORMAT.to_string(), FORMAT.to_string()),
             (META_HEADER.to_string(), header_json),
-            (META_IDS.to_string(), ids_json),
             (META_SHA256.to_string(), sha),
         ]);
-        if let Some(c) = captions_json {
-            metadata.insert(META_CAPTIONS.to_string(), c);
-        }
-        let mut views = vec![(
-            "embeddings".to_string(),
-            safetensors::tensor::TensorView::new(values_dtype, vec![count, dim], &values)?,
-        )];
-        if let Some(s) = &scales {
-            views.push(("scales".to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![count], s)?));
-        }
+        let views = tensors
+            .iter()
+            .map(|(name, dtype, shape, data)| Ok((name.to_string(), safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)?)))
+            .collect::<Result<Vec<_>>>()?;
         Ok(safetensors::serialize(views, Some(metadata))?)
     }
 
@@ -258,6 +318,9 @@ impl Bundle {
     /// Memory-maps and verifies a bundle file.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open(path: &std::path::Path) -> Result<Self> {
+        if path.is_dir() {
+            bail!("{} is a directory, not a bundle file (bundles are single .bundle files written by `tuwen index`)", path.display());
+        }
         let file = std::fs::File::open(path).with_context(|| format!("opening bundle {}", path.display()))?;
         // SAFETY: mapped read-only; bundles are replaced by rename, never rewritten in place.
         let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
@@ -283,19 +346,19 @@ impl Bundle {
         let get = |k: &str| metadata.get(k).ok_or_else(|| anyhow!("bundle header lacks {k}"));
         let header_json = get(META_HEADER)?;
         let version: serde_json::Value = serde_json::from_str(header_json).context("bundle header is not JSON")?;
-        if version.get("version").and_then(|v| v.as_u64()) != Some(VERSION as u64) {
-            bail!("bundle format version {} is not supported (this tuwen reads version {VERSION})", version["version"]);
+        let version_number = version.get("version").and_then(|v| v.as_u64());
+        if !matches!(version_number, Some(1) | Some(2)) {
+            bail!(
+                "bundle format version {} is not supported (this tuwen reads versions 1 and {VERSION}; a newer tuwen wrote it?)",
+                version["version"]
+            );
         }
         let header: Header = serde_json::from_value(version).context("bundle header")?;
-        let ids_json = get(META_IDS)?;
-        let captions_json = metadata.get(META_CAPTIONS);
-        let ids: Vec<String> = serde_json::from_str(ids_json).context("bundle ids")?;
-        let captions: Option<Vec<String>> = captions_json.map(|c| serde_json::from_str(c)).transpose().context("bundle captions")?;
         let data_start = 8 + header_len;
         let tensors = meta.tensors();
-        let range = |name: &str, dtype: safetensors::Dtype, shape: Vec<usize>| -> Result<std::ops::Range<usize>> {
+        let range = |name: &str, dtype: safetensors::Dtype, shape: Option<Vec<usize>>| -> Result<std::ops::Range<usize>> {
             let info = tensors.get(name).ok_or_else(|| anyhow!("bundle has no {name} tensor"))?;
-            if info.dtype != dtype || info.shape != shape {
+            if info.dtype != dtype || shape.as_ref().is_some_and(|s| &info.shape != s) {
                 bail!("bundle tensor {name} is {:?} {:?}, expected {dtype:?} {shape:?}", info.dtype, info.shape);
             }
             let (a, b) = info.data_offsets;
@@ -306,20 +369,47 @@ impl Bundle {
         };
         let (n, d) = (header.count, header.dim);
         let (values, scales) = match header.storage {
-            Storage::F16 => (range("embeddings", safetensors::Dtype::F16, vec![n, d])?, None),
+            Storage::F16 => (range(T_EMBEDDINGS, safetensors::Dtype::F16, Some(vec![n, d]))?, None),
             Storage::Int8 => (
-                range("embeddings", safetensors::Dtype::I8, vec![n, d])?,
-                Some(range("scales", safetensors::Dtype::F32, vec![n])?),
+                range(T_EMBEDDINGS, safetensors::Dtype::I8, Some(vec![n, d]))?,
+                Some(range(T_SCALES, safetensors::Dtype::F32, Some(vec![n]))?),
             ),
+        };
+        let (ids, captions, sha) = if version_number == Some(1) {
+            let ids_json = get(META_IDS)?;
+            let captions_json = metadata.get(META_CAPTIONS);
+            let ids: Vec<String> = serde_json::from_str(ids_json).context("bundle ids")?;
+            let captions: Option<Vec<String>> =
+                captions_json.map(|c| serde_json::from_str(c)).transpose().context("bundle captions")?;
+            let mut tensor_bytes = vec![&bytes[values.clone()]];
+            if let Some(s) = &scales {
+                tensor_bytes.push(&bytes[s.clone()]);
+            }
+            (ids, captions, integrity_hash(header_json, ids_json, captions_json.map(String::as_str), &tensor_bytes))
+        } else {
+            let mut present: HashMap<&str, std::ops::Range<usize>> = HashMap::from([(T_EMBEDDINGS, values.clone())]);
+            if let Some(s) = &scales {
+                present.insert(T_SCALES, s.clone());
+            }
+            present.insert(T_IDS, range(T_IDS, safetensors::Dtype::U8, None)?);
+            present.insert(T_ID_OFFSETS, range(T_ID_OFFSETS, safetensors::Dtype::U64, Some(vec![n + 1]))?);
+            if tensors.contains_key(T_CAPTIONS) {
+                present.insert(T_CAPTIONS, range(T_CAPTIONS, safetensors::Dtype::U8, None)?);
+                present.insert(T_CAPTION_OFFSETS, range(T_CAPTION_OFFSETS, safetensors::Dtype::U64, Some(vec![n + 1]))?);
+            }
+            // The checksum first: offsets are only trusted in a file that is what its writer wrote.
+            let sha = integrity_hash_v2(header_json, |name| present.get(name).map(|r| &bytes[r.clone()]));
+            if Some(&sha) != metadata.get(META_SHA256) {
+                bail!("bundle is corrupt: its checksum does not match its contents (modified or damaged)");
+            }
+            let strings = |text: &str, offsets: &str, what: &str| unpack_strings(&bytes[present[text].clone()], &bytes[present[offsets].clone()], n, what);
+            let ids = strings(T_IDS, T_ID_OFFSETS, "id")?;
+            let captions = present.contains_key(T_CAPTIONS).then(|| strings(T_CAPTIONS, T_CAPTION_OFFSETS, "caption")).transpose()?;
+            (ids, captions, sha)
         };
         if ids.len() != n || captions.as_ref().is_some_and(|c| c.len() != n) {
             bail!("bundle header says {n} entries but lists {} ids", ids.len());
         }
-        let mut tensor_bytes = vec![&bytes[values.clone()]];
-        if let Some(s) = &scales {
-            tensor_bytes.push(&bytes[s.clone()]);
-        }
-        let sha = integrity_hash(header_json, ids_json, captions_json.map(String::as_str), &tensor_bytes);
         if Some(&sha) != metadata.get(META_SHA256) {
             bail!("bundle is corrupt: its checksum does not match its contents (modified or damaged)");
         }

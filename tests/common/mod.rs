@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: fixture paths, the optional ../shared data, vector maths.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod ops;
 
 use serde::Deserialize;
