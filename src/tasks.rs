@@ -35,6 +35,29 @@ pub fn ensure_bundle(encoder: &Encoder, items: Items, path: &Path, opts: &JobOpt
     Bundle::open(path)
 }
 
+/// A gallery the user gave instead of files to embed: a bundle file (`--image-bundle`, `--text-bundle`), or
+/// one already loaded and checked (a database table, `--db`), with the name messages use for it.
+pub enum Given {
+    File(PathBuf),
+    Loaded { bundle: Bundle, name: String },
+}
+
+impl Given {
+    fn open(self, encoder: &Encoder, kind: Kind) -> Result<(Bundle, String)> {
+        match self {
+            Given::File(path) => Ok((given_bundle(encoder, &path, kind)?, path.display().to_string())),
+            Given::Loaded { bundle, name } => Ok((bundle, name)),
+        }
+    }
+
+    fn path(&self) -> Option<&Path> {
+        match self {
+            Given::File(p) => Some(p),
+            Given::Loaded { .. } => None,
+        }
+    }
+}
+
 /// A bundle the user passed (`--image-bundle`, `--text-bundle`): must match the model and kind.
 pub fn given_bundle(encoder: &Encoder, path: &Path, kind: Kind) -> Result<Bundle> {
     let bundle = Bundle::open(path)?;
@@ -91,19 +114,19 @@ pub fn task1(
     texts_csv: &Path,
     image_list: Option<&Path>,
     images: Option<&Path>,
-    image_bundle: Option<&Path>,
+    image_bundle: Option<Given>,
     out: &Path,
     opts: &JobOptions,
 ) -> Result<usize> {
     let mut inputs = vec![texts_csv];
-    inputs.extend(image_list.into_iter().chain(image_bundle));
+    inputs.extend(image_list.into_iter().chain(image_bundle.as_ref().and_then(Given::path)));
     crate::util::refuse_overwriting(out, &inputs)?;
     let texts = teddy::read_captions(texts_csv, "text_id")?;
     let gallery = match (image_bundle, images) {
-        (Some(b), _) => {
-            let bundle = given_bundle(encoder, b, Kind::Image)?;
+        (Some(given), _) => {
+            let (bundle, name) = given.open(encoder, Kind::Image)?;
             match image_list {
-                Some(list) => bundle.select(&list_ids(list, images)?, &b.display().to_string())?,
+                Some(list) => bundle.select(&list_ids(list, images)?, &name)?,
                 None => bundle,
             }
         }
@@ -130,19 +153,19 @@ pub fn task2(
     image_list: &Path,
     images: &Path,
     texts_csv: Option<&Path>,
-    text_bundle: Option<&Path>,
+    text_bundle: Option<Given>,
     out: &Path,
     opts: &JobOptions,
 ) -> Result<usize> {
     let mut inputs = vec![image_list];
-    inputs.extend(texts_csv.into_iter().chain(text_bundle));
+    inputs.extend(texts_csv.into_iter().chain(text_bundle.as_ref().and_then(Given::path)));
     crate::util::refuse_overwriting(out, &inputs)?;
     let ids = teddy::read_image_list(image_list, images)?;
     let gallery = match (text_bundle, texts_csv) {
-        (Some(b), texts) => {
-            let bundle = given_bundle(encoder, b, Kind::Text)?;
+        (Some(given), texts) => {
+            let (bundle, name) = given.open(encoder, Kind::Text)?;
             match texts {
-                Some(csv) => narrow_texts(&bundle, &teddy::read_captions(csv, "text_id")?, b, csv)?,
+                Some(csv) => narrow_texts(&bundle, &teddy::read_captions(csv, "text_id")?, &name, csv)?,
                 None => bundle,
             }
         }
@@ -176,14 +199,13 @@ pub fn task2(
 }
 
 /// The texts of `csv` out of a text bundle: every id present, with the caption the CSV gives it.
-fn narrow_texts(bundle: &Bundle, texts: &[(String, String)], bundle_path: &Path, csv: &Path) -> Result<Bundle> {
+fn narrow_texts(bundle: &Bundle, texts: &[(String, String)], name: &str, csv: &Path) -> Result<Bundle> {
     let ids: Vec<String> = texts.iter().map(|(id, _)| id.clone()).collect();
-    let narrowed = bundle.select(&ids, &bundle_path.display().to_string())?;
+    let narrowed = bundle.select(&ids, name)?;
     if let Some(captions) = &narrowed.captions {
         if let Some(((id, caption), _)) = texts.iter().zip(captions).find(|((_, a), b)| a != *b) {
             bail!(
-                "{} holds another caption for text {id:?} than {} ({caption:?}): index the texts again",
-                bundle_path.display(),
+                "{name} holds another caption for text {id:?} than {} ({caption:?}): index the texts again",
                 csv.display()
             );
         }

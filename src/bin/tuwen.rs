@@ -71,8 +71,17 @@ enum Command {
     Search {
         #[arg(long)]
         model: PathBuf,
+        #[arg(long, required_unless_present = "db", conflicts_with = "db")]
+        bundle: Option<PathBuf>,
+        /// Search a gallery table in PostgreSQL + pgvector instead (`tuwen db push`): postgres://…
         #[arg(long)]
-        bundle: PathBuf,
+        db: Option<String>,
+        /// The gallery's table with --db.
+        #[arg(long, default_value = "gallery", requires = "db")]
+        table: String,
+        /// With --db: scan every row instead of asking the HNSW index (exact, slower).
+        #[arg(long, requires = "db")]
+        exact: bool,
         #[arg(long, conflicts_with = "image", required_unless_present = "image")]
         text: Option<String>,
         #[arg(long)]
@@ -93,8 +102,14 @@ enum Command {
         #[arg(long)]
         images: Option<PathBuf>,
         /// Reuse an image bundle made by `tuwen index images` instead of embedding the gallery.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "image_table")]
         image_bundle: Option<PathBuf>,
+        /// Take the gallery from this table of --db (pushed by `tuwen db push`).
+        #[arg(long, requires = "db")]
+        image_table: Option<String>,
+        /// PostgreSQL + pgvector URL for --image-table.
+        #[arg(long)]
+        db: Option<String>,
         #[arg(long, default_value = "result1.csv")]
         out: PathBuf,
         #[command(flatten)]
@@ -113,8 +128,14 @@ enum Command {
         #[arg(long)]
         texts: Option<PathBuf>,
         /// Reuse a text bundle made by `tuwen index texts`.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "text_table")]
         text_bundle: Option<PathBuf>,
+        /// Take the texts from this table of --db (pushed by `tuwen db push`).
+        #[arg(long, requires = "db")]
+        text_table: Option<String>,
+        /// PostgreSQL + pgvector URL for --text-table.
+        #[arg(long)]
+        db: Option<String>,
         #[arg(long, default_value = "result2.csv")]
         out: PathBuf,
         #[command(flatten)]
@@ -178,6 +199,11 @@ enum Command {
         #[arg(long, default_value_t = 54)]
         count: usize,
     },
+    /// Galleries in PostgreSQL + pgvector.
+    Db {
+        #[command(subcommand)]
+        what: DbCommand,
+    },
     /// Download the released model (honours HF_ENDPOINT, e.g. https://hf-mirror.com).
     FetchModel {
         #[arg(long, default_value = tuwen::fetch::DEFAULT_REPO)]
@@ -223,6 +249,20 @@ enum IndexCommand {
         out: PathBuf,
         #[arg(required = true)]
         shards: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Load a bundle into a table (idempotent; a killed push resumes) and index it with HNSW (cosine).
+    Push {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// postgres://user:password@host:port/database
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "gallery")]
+        table: String,
     },
 }
 
@@ -326,20 +366,26 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Command::Index { what } => index(what),
-        Command::Search { model, bundle, text, image, k } => search(&model, &bundle, text, image, k),
-        Command::Task1 { model, texts, image_list, images, image_bundle, out, job } => {
-            let encoder = load(&model, if image_bundle.is_some() { Towers::Text } else { Towers::Both })?;
+        Command::Search { model, bundle, db, table, exact, text, image, k } => match (bundle, db) {
+            (Some(bundle), _) => search(&model, &bundle, text, image, k),
+            (None, Some(url)) => search_db(&model, &url, &table, exact, text, image, k),
+            (None, None) => bail!("give --bundle or --db"),
+        },
+        Command::Task1 { model, texts, image_list, images, image_bundle, image_table, db, out, job } => {
+            let given = image_bundle.is_some() || image_table.is_some();
+            let encoder = load(&model, if given { Towers::Text } else { Towers::Both })?;
+            let gallery = given_gallery(&encoder, image_bundle, db.as_deref(), image_table, tuwen::bundle::Kind::Image)?;
             let opts = job.options(&out);
-            let n = tuwen::tasks::task1(
-                &encoder, &texts, image_list.as_deref(), images.as_deref(), image_bundle.as_deref(), &out, &opts,
-            )?;
+            let n = tuwen::tasks::task1(&encoder, &texts, image_list.as_deref(), images.as_deref(), gallery, &out, &opts)?;
             eprintln!("wrote {} ({n} texts × {} images each)", out.display(), tuwen::teddy::RESULTS_PER_QUERY);
             Ok(())
         }
-        Command::Task2 { model, image_list, images, texts, text_bundle, out, job } => {
-            let encoder = load(&model, if text_bundle.is_some() { Towers::Vision } else { Towers::Both })?;
+        Command::Task2 { model, image_list, images, texts, text_bundle, text_table, db, out, job } => {
+            let given = text_bundle.is_some() || text_table.is_some();
+            let encoder = load(&model, if given { Towers::Vision } else { Towers::Both })?;
+            let gallery = given_gallery(&encoder, text_bundle, db.as_deref(), text_table, tuwen::bundle::Kind::Text)?;
             let opts = job.options(&out);
-            let n = tuwen::tasks::task2(&encoder, &image_list, &images, texts.as_deref(), text_bundle.as_deref(), &out, &opts)?;
+            let n = tuwen::tasks::task2(&encoder, &image_list, &images, texts.as_deref(), gallery, &out, &opts)?;
             eprintln!("wrote {} ({n} images × {} texts each)", out.display(), tuwen::teddy::RESULTS_PER_QUERY);
             Ok(())
         }
@@ -381,6 +427,19 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::DemoGallery { out, count } => {
             let pairs = tuwen::site::generate_gallery(&out, count)?;
             eprintln!("wrote {count} synthetic images and {}", pairs.display());
+            Ok(())
+        }
+        Command::Db { what: DbCommand::Push { bundle, url, table } } => {
+            let gallery = tuwen::bundle::Bundle::open(&bundle)?;
+            let mut client = tuwen::db::connect(&url)?;
+            let report = tuwen::db::push(&mut client, &gallery, &bundle, &table, true)?;
+            eprintln!(
+                "{} → table {table}: {} rows ({} already there from an earlier push) in {:.1} s, HNSW index (cosine) ready",
+                bundle.display(),
+                report.rows,
+                report.resumed,
+                report.seconds
+            );
             Ok(())
         }
         Command::FetchModel { repo, out } => {
@@ -456,6 +515,57 @@ fn search(model: &std::path::Path, bundle: &std::path::Path, text: Option<String
         (encoded - loaded).as_secs_f64() * 1e3,
         (searched - encoded).as_secs_f64() * 1e3,
         gallery.len()
+    );
+    Ok(())
+}
+
+/// The gallery given instead of files: a bundle file, or a database table read whole.
+fn given_gallery(
+    encoder: &Encoder,
+    bundle: Option<PathBuf>,
+    db: Option<&str>,
+    table: Option<String>,
+    kind: tuwen::bundle::Kind,
+) -> Result<Option<tuwen::tasks::Given>> {
+    Ok(match (bundle, db, table) {
+        (Some(path), _, _) => Some(tuwen::tasks::Given::File(path)),
+        (None, Some(url), Some(table)) => {
+            let mut client = tuwen::db::connect(url)?;
+            let opened = tuwen::db::open(&mut client, &table, &encoder.stamp()?, Some(kind))?;
+            Some(tuwen::tasks::Given::Loaded { bundle: tuwen::db::load(&mut client, &opened)?, name: format!("table {table}") })
+        }
+        (None, Some(_), None) => bail!("--db needs the table to read: --image-table / --text-table"),
+        _ => None,
+    })
+}
+
+fn search_db(model: &std::path::Path, url: &str, table: &str, exact: bool, text: Option<String>, image: Option<PathBuf>, k: usize) -> Result<()> {
+    let start = std::time::Instant::now();
+    let encoder = load(model, if text.is_some() { Towers::Text } else { Towers::Vision })?;
+    let mut client = tuwen::db::connect(url)?;
+    // Either kind of gallery takes either query, as bundles do.
+    let opened = tuwen::db::open(&mut client, table, &encoder.stamp()?, None)?;
+    let loaded = start.elapsed();
+    let query = match (&text, &image) {
+        (Some(t), _) => encoder.embed_text(t)?,
+        (None, Some(p)) => encoder.embed_image_file(p)?,
+        (None, None) => bail!("give --text or --image"),
+    };
+    let encoded = start.elapsed();
+    let hits = tuwen::db::search(&mut client, &opened, &query, k, exact)?;
+    let searched = start.elapsed();
+    let mut stdout = std::io::stdout().lock();
+    for (rank, hit) in hits.iter().enumerate() {
+        let caption = hit.caption.as_deref().unwrap_or("").replace(['\t', '\n', '\r'], " ");
+        writeln!(stdout, "{}\t{}\t{:.6}\t{caption}", rank + 1, hit.id, hit.score)?;
+    }
+    eprintln!(
+        "load {:.0} ms, encode {:.1} ms, search {:.2} ms ({}) over {} rows of table {table}",
+        loaded.as_secs_f64() * 1e3,
+        (encoded - loaded).as_secs_f64() * 1e3,
+        (searched - encoded).as_secs_f64() * 1e3,
+        if exact { "exact scan" } else { "HNSW" },
+        opened.count
     );
     Ok(())
 }
