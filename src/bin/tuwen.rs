@@ -366,11 +366,14 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Command::Index { what } => index(what),
-        Command::Search { model, bundle, db, table, exact, text, image, k } => match (bundle, db) {
-            (Some(bundle), _) => search(&model, &bundle, text, image, k),
-            (None, Some(url)) => search_db(&model, &url, &table, exact, text, image, k),
-            (None, None) => bail!("give --bundle or --db"),
-        },
+        Command::Search { model, bundle, db, table, exact, text, image, k } => {
+            let within = match (bundle, db) {
+                (Some(bundle), _) => SearchIn::Bundle(bundle),
+                (None, Some(url)) => SearchIn::Db { url, table, exact },
+                (None, None) => bail!("give --bundle or --db"),
+            };
+            search(&model, within, text, image, k)
+        }
         Command::Task1 { model, texts, image_list, images, image_bundle, image_table, db, out, job } => {
             let given = image_bundle.is_some() || image_table.is_some();
             let encoder = load(&model, if given { Towers::Text } else { Towers::Both })?;
@@ -488,11 +491,37 @@ fn index(what: IndexCommand) -> Result<()> {
     Ok(())
 }
 
-fn search(model: &std::path::Path, bundle: &std::path::Path, text: Option<String>, image: Option<PathBuf>, k: usize) -> Result<()> {
+/// Where `search` looks: a bundle file, or a table in PostgreSQL + pgvector.
+enum SearchIn {
+    Bundle(PathBuf),
+    Db { url: String, table: String, exact: bool },
+}
+
+fn search(model: &std::path::Path, within: SearchIn, text: Option<String>, image: Option<PathBuf>, k: usize) -> Result<()> {
+    enum Opened {
+        Bundle(tuwen::bundle::Bundle),
+        Db(postgres::Client, tuwen::db::Table, bool),
+    }
     let start = std::time::Instant::now();
-    let gallery = tuwen::bundle::Bundle::open(bundle)?;
+    // A bad bundle is reported before the model is loaded.
+    let bundle = match &within {
+        SearchIn::Bundle(path) => Some(tuwen::bundle::Bundle::open(path)?),
+        SearchIn::Db { .. } => None,
+    };
     let encoder = load(model, if text.is_some() { Towers::Text } else { Towers::Vision })?;
-    tuwen::index::require_model(&gallery, &encoder, &bundle.display().to_string())?;
+    let mut gallery = match (within, bundle) {
+        (SearchIn::Bundle(path), Some(b)) => {
+            tuwen::index::require_model(&b, &encoder, &path.display().to_string())?;
+            Opened::Bundle(b)
+        }
+        (SearchIn::Db { url, table, exact }, _) => {
+            let mut client = tuwen::db::connect(&url)?;
+            // Either kind of gallery takes either query, as bundles do.
+            let opened = tuwen::db::open(&mut client, &table, &encoder.stamp()?, None)?;
+            Opened::Db(client, opened, exact)
+        }
+        (SearchIn::Bundle(_), None) => unreachable!("opened above"),
+    };
     let loaded = start.elapsed();
     let query = match (&text, &image) {
         (Some(t), _) => encoder.embed_text(t)?,
@@ -500,21 +529,34 @@ fn search(model: &std::path::Path, bundle: &std::path::Path, text: Option<String
         (None, None) => bail!("give --text or --image"),
     };
     let encoded = start.elapsed();
-    let hits = tuwen::search::top_k(&gallery.rows(), gallery.dim(), &query, k)?;
+    // (id, score, caption) per hit, and what was searched.
+    let (hits, over): (Vec<(String, f32, String)>, String) = match &mut gallery {
+        Opened::Bundle(g) => {
+            let hits = tuwen::search::top_k(&g.rows(), g.dim(), &query, k)?;
+            let caption = |i: usize| g.captions.as_ref().map_or(String::new(), |c| c[i].clone());
+            (hits.iter().map(|h| (g.ids[h.index].clone(), h.score, caption(h.index))).collect(), format!("over {} entries", g.len()))
+        }
+        Opened::Db(client, table, exact) => {
+            let hits = tuwen::db::search(client, table, &query, k, *exact)?;
+            let how = if *exact { "exact scan" } else { "HNSW" };
+            (
+                hits.into_iter().map(|h| (h.id, h.score, h.caption.unwrap_or_default())).collect(),
+                format!("({how}) over {} rows of table {}", table.count, table.name),
+            )
+        }
+    };
     let searched = start.elapsed();
     let mut stdout = std::io::stdout().lock();
-    for (rank, hit) in hits.iter().enumerate() {
-        let caption = gallery.captions.as_ref().map_or("", |c| c[hit.index].as_str());
+    for (rank, (id, score, caption)) in hits.iter().enumerate() {
         // Keep one line per hit even for multi-line captions.
         let caption = caption.replace(['\t', '\n', '\r'], " ");
-        writeln!(stdout, "{}\t{}\t{:.6}\t{caption}", rank + 1, gallery.ids[hit.index], hit.score)?;
+        writeln!(stdout, "{}\t{id}\t{score:.6}\t{caption}", rank + 1)?;
     }
     eprintln!(
-        "load {:.0} ms, encode {:.1} ms, search {:.2} ms over {} entries",
+        "load {:.0} ms, encode {:.1} ms, search {:.2} ms {over}",
         loaded.as_secs_f64() * 1e3,
         (encoded - loaded).as_secs_f64() * 1e3,
         (searched - encoded).as_secs_f64() * 1e3,
-        gallery.len()
     );
     Ok(())
 }
@@ -537,37 +579,6 @@ fn given_gallery(
         (None, Some(_), None) => bail!("--db needs the table to read: --image-table / --text-table"),
         _ => None,
     })
-}
-
-fn search_db(model: &std::path::Path, url: &str, table: &str, exact: bool, text: Option<String>, image: Option<PathBuf>, k: usize) -> Result<()> {
-    let start = std::time::Instant::now();
-    let encoder = load(model, if text.is_some() { Towers::Text } else { Towers::Vision })?;
-    let mut client = tuwen::db::connect(url)?;
-    // Either kind of gallery takes either query, as bundles do.
-    let opened = tuwen::db::open(&mut client, table, &encoder.stamp()?, None)?;
-    let loaded = start.elapsed();
-    let query = match (&text, &image) {
-        (Some(t), _) => encoder.embed_text(t)?,
-        (None, Some(p)) => encoder.embed_image_file(p)?,
-        (None, None) => bail!("give --text or --image"),
-    };
-    let encoded = start.elapsed();
-    let hits = tuwen::db::search(&mut client, &opened, &query, k, exact)?;
-    let searched = start.elapsed();
-    let mut stdout = std::io::stdout().lock();
-    for (rank, hit) in hits.iter().enumerate() {
-        let caption = hit.caption.as_deref().unwrap_or("").replace(['\t', '\n', '\r'], " ");
-        writeln!(stdout, "{}\t{}\t{:.6}\t{caption}", rank + 1, hit.id, hit.score)?;
-    }
-    eprintln!(
-        "load {:.0} ms, encode {:.1} ms, search {:.2} ms ({}) over {} rows of table {table}",
-        loaded.as_secs_f64() * 1e3,
-        (encoded - loaded).as_secs_f64() * 1e3,
-        (searched - encoded).as_secs_f64() * 1e3,
-        if exact { "exact scan" } else { "HNSW" },
-        opened.count
-    );
-    Ok(())
 }
 
 enum Input {
