@@ -183,6 +183,8 @@ enum Entry {
 }
 
 const JOURNAL_MAGIC: u8 = 0xA5;
+/// The longest skip reason a journal entry may hold (longer ones are cut when written).
+const MAX_REASON_BYTES: usize = 64 << 10;
 
 #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
 struct JournalHeader {
@@ -253,7 +255,12 @@ impl Journal {
                     if reader.read_exact(&mut len).is_err() {
                         break;
                     }
-                    let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
+                    let len = u32::from_le_bytes(len) as usize;
+                    // A reason is a short message: a huge length is a damaged entry, not an allocation to make.
+                    if len > MAX_REASON_BYTES {
+                        break;
+                    }
+                    let mut buf = vec![0u8; len];
                     if reader.read_exact(&mut buf).is_err() {
                         break;
                     }
@@ -283,9 +290,13 @@ impl Journal {
                     v.iter().for_each(|x| buf.extend(x.to_le_bytes()));
                 }
                 Entry::Skipped(reason) => {
+                    let mut end = reason.len().min(MAX_REASON_BYTES);
+                    while !reason.is_char_boundary(end) {
+                        end -= 1;
+                    }
                     buf.push(1);
-                    buf.extend((reason.len() as u32).to_le_bytes());
-                    buf.extend(reason.as_bytes());
+                    buf.extend((end as u32).to_le_bytes());
+                    buf.extend(&reason.as_bytes()[..end]);
                 }
             }
         }

@@ -126,6 +126,13 @@ impl SiteJob {
             bail!("{} has no index.html (the page's sources)", self.www.display());
         }
         std::fs::create_dir_all(&self.out).with_context(|| format!("creating {}", self.out.display()))?;
+        // The site's files (models/, bundles/, thumbnails/, the page) must not land among its inputs.
+        let out = self.out.canonicalize().with_context(|| format!("{}", self.out.display()))?;
+        for (flag, input) in [("--images", &self.images), ("--www", &self.www), ("--pkg", &self.pkg)] {
+            if input.canonicalize().is_ok_and(|input| out.starts_with(&input)) {
+                bail!("--out {} is {flag} {} or inside it: choose another folder for the site", self.out.display(), input.display());
+            }
+        }
         // An older manifest would describe files about to change.
         let manifest_path = self.out.join("manifest.json");
         if manifest_path.exists() {

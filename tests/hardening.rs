@@ -297,6 +297,16 @@ fn an_output_never_replaces_an_input() {
     assert!(e.contains("input"), "{e}");
     assert_eq!(std::fs::read(&texts).unwrap(), before);
     assert!(std::fs::read_to_string(&pairs).unwrap().starts_with("image_id,caption"));
+    // A site is not built into its own images folder.
+    let pkg = d.root.join("pkg");
+    std::fs::create_dir_all(&pkg).unwrap();
+    for f in ["tuwen.js", "tuwen_bg.wasm"] {
+        write(&pkg.join(f), "");
+    }
+    let www = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("www");
+    let e = err(tuwen(&["site", "--model", s(&model), "--pairs", s(&pairs), "--images", s(&d.images), "--out",
+        s(&d.images.join("site")), "--www", s(&www), "--pkg", s(&pkg)]));
+    assert!(e.contains("--images") && e.contains("another folder"), "{e}");
 }
 
 #[test]
