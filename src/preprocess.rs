@@ -10,7 +10,6 @@ use crate::config::PreprocessConfig;
 use anyhow::{anyhow, bail, Result};
 use image::imageops::FilterType;
 use image::{DynamicImage, RgbImage};
-#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
 /// A decoded image larger than this in either side is refused (decompression bombs, OOM in the browser).
@@ -32,7 +31,7 @@ pub const MAX_FILE_BYTES: u64 = 512 << 20;
 pub const DECODE_BUDGET: u64 = 1536 << 20;
 
 /// Reads an image file, refusing early (from its size and first bytes) what cannot be an image we decode.
-#[cfg(not(target_arch = "wasm32"))]
+/// (In the browser there are no files: it reports the file system's "unsupported".)
 pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
     let name = path.display();
