@@ -126,7 +126,8 @@ test('a text query renders ranked thumbnails with scores, identical to the nativ
   const query = '白色背景上的一个红色圆形';
   await page.fill('#text-query', query);
   await page.click('#text-search');
-  await page.waitForFunction((k) => document.querySelectorAll('#image-results li.result').length === k, K);
+  // The first text query downloads and compiles the text tower: on a loaded CI machine that took over 30 s.
+  await page.waitForFunction((k) => document.querySelectorAll('#image-results li.result').length === k, K, { timeout: 120_000 });
   await page.waitForFunction(() => [...document.querySelectorAll('#image-results img')].every((i) => i.complete));
   const hits = await textResults(page);
   assertSameRanking(hits, cliSearch('text', 'images.bundle', ['--text', query], K), 'text → image');
