@@ -3,6 +3,7 @@
 // results) and the worker's encode/search split. Prints a Markdown table for BENCHMARKS.md.
 //
 //   node benches/browser.mjs --site site [--runs 15] [--images DIR] [--peers out/onnx] [--backend auto|cpu|gpu]
+//                            [--simd auto|128]
 //
 // Build the site first (./build.sh builds the demo site into site/). Run on an idle machine: the script
 // refuses to start when the 1-minute load average says something else is running (--force to override).
@@ -30,6 +31,8 @@ const imagesDir = option('images', null);
 const peers = option('peers', null);
 // The page's ?backend=: `gpu` runs the encoders on WebGPU even on a CPU-emulated adapter (SwiftShader here).
 const backendChoice = option('backend', 'auto');
+// The page's ?simd=: `128` loads the baseline wasm module even where the browser has relaxed SIMD.
+const simdChoice = option('simd', 'auto');
 // 52 tokens after truncation: the longest text the model reads, as in the issue's targets.
 const LONG_TEXT = '一位穿着红色外套的年轻女子站在雪后的古老城墙上，远处是连绵的群山和淡蓝色的天空，她正在用手机拍摄夕阳下的城市风景，身边还有一只黑白相间的小狗';
 
@@ -75,7 +78,7 @@ async function main() {
   const page = await context.newPage();
   page.on('pageerror', (e) => console.error('page error:', e.message));
   const t0 = Date.now();
-  await page.goto(`${server.url}?backend=${backendChoice}`);
+  await page.goto(`${server.url}?backend=${backendChoice}&simd=${simdChoice}`);
   await page.waitForSelector('body[data-ready="true"]', { timeout: 300_000 });
   const ready = Date.now() - t0;
   const backend = `${await page.textContent('#backend')} (${await page.textContent('.backend-reason')})`;

@@ -42,6 +42,9 @@ pub struct SiteJob {
     pub backend: crate::embed::Placement,
 }
 
+/// Where the relaxed-SIMD module lands in the site.
+const RELAXED_WASM: &str = "pkg/tuwen_bg_relaxed.wasm";
+
 /// What the page reads first; the format is documented in docs/site.md.
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Manifest {
@@ -50,6 +53,10 @@ pub struct Manifest {
     pub model: ModelCard,
     /// The wasm module (`pkg/tuwen_bg.wasm`), fetched by the worker with progress and cached.
     pub wasm: Asset,
+    /// The same module built with relaxed SIMD (`pkg/tuwen_bg_relaxed.wasm`), which the worker loads instead
+    /// where the browser validates relaxed SIMD; absent when the package has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm_relaxed: Option<Asset>,
     pub towers: Towers2<Asset>,
     pub images: Gallery,
     pub texts: Gallery,
@@ -182,6 +189,10 @@ impl SiteJob {
                 random_weights: stamp.random_weights.clone(),
             },
             wasm: self.asset(&self.out.join("pkg/tuwen_bg.wasm"))?,
+            wasm_relaxed: match self.out.join(RELAXED_WASM) {
+                path if path.is_file() => Some(self.asset(&path)?),
+                _ => None,
+            },
             towers: Towers2 { text: self.asset(&text_gguf)?, vision: self.asset(&vision_gguf)? },
             images: Gallery { bundle: self.asset(&images_path)?, count: images.len() },
             texts: Gallery { bundle: self.asset(&texts_path)?, count: texts.len() },
@@ -259,6 +270,13 @@ impl SiteJob {
         std::fs::create_dir_all(&pkg)?;
         for file in ["tuwen.js", "tuwen_bg.wasm"] {
             std::fs::copy(self.pkg.join(file), pkg.join(file)).with_context(|| format!("copying {file} into {}", pkg.display()))?;
+        }
+        // The relaxed-SIMD module is optional; a stale copy from an earlier package must not outlive it.
+        let relaxed = self.pkg.join("tuwen_bg_relaxed.wasm");
+        if relaxed.is_file() {
+            std::fs::copy(&relaxed, self.out.join(RELAXED_WASM)).with_context(|| format!("copying {}", relaxed.display()))?;
+        } else if self.out.join(RELAXED_WASM).exists() {
+            std::fs::remove_file(self.out.join(RELAXED_WASM))?;
         }
         Ok(())
     }

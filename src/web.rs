@@ -55,6 +55,13 @@ pub async fn open_backend(backend: String) -> Result<JsValue, JsError> {
     serde_wasm_bindgen::to_value(&at.report).map_err(|e| JsError::new(&e.to_string()))
 }
 
+/// The SIMD this wasm module was built for: "relaxed-simd" (8-bit dot products; the second build, loaded
+/// where the browser validates relaxed SIMD) or "simd128".
+#[wasm_bindgen(js_name = simdLevel)]
+pub fn simd_level() -> String {
+    if cfg!(target_feature = "relaxed-simd") { "relaxed-simd" } else { "simd128" }.into()
+}
+
 /// A Chinese-CLIP encoder living in wasm memory, its towers on WebGPU or on the CPU (WASM SIMD).
 #[wasm_bindgen]
 pub struct WasmEncoder {

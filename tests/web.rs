@@ -116,23 +116,32 @@ async fn wasm_quantized_embeddings_equal_native() {
     assert!(truncated.is_err(), "a truncated GGUF is refused");
 }
 
-/// The simd128 q8_0 kernel against q8_0 arithmetic done the obvious way, on shapes that are not multiples of
-/// the kernel's tiles and row groups.
+/// This build's q8_0 kernel (simd128, or relaxed SIMD in the second build) against q8_0 arithmetic done the
+/// obvious way, on shapes that are not multiples of the kernel's tiles and row groups, with -128 weights.
 #[wasm_bindgen_test]
 fn wasm_q8_kernel_matches_reference() {
     use tuwen::model::q8::{Q8Matrix, BLOCK};
+    let expected_kernel = if cfg!(target_feature = "relaxed-simd") { "relaxed-simd" } else { "simd128" };
     let mut seed = 7u64;
     let mut random = |n: usize| pseudo_random(&mut seed, n);
     for (rows, out_dim, in_dim) in [(1, 16, 32), (3, 5, 64), (6, 37, 96), (52, 48, 256)] {
-        let w = Q8Matrix::quantize(out_dim, in_dim, &random(out_dim * in_dim));
+        // Every 7th weight the most negative q8_0 allows (-128 × scale): the largest pair sums the 8-bit dot
+        // products see.
+        let mut weights = random(out_dim * in_dim);
+        for block in weights.chunks_mut(BLOCK) {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            block[block.len() / 2] = -amax;
+        }
+        let w = Q8Matrix::from_q8_0_bytes(out_dim, in_dim, &q8_0_bytes_with_min_quants(&weights, in_dim)).unwrap();
+        assert_eq!(w.kernel_name(), expected_kernel);
         let (x, bias) = (random(rows * in_dim), random(out_dim));
         let got = w.matmul(&x, rows, Some(&bias));
         let wf = w.dequantize();
-        // Activations quantized per 32-block: scale max|x|/127, round to nearest.
+        // Activations quantized per 32-block to 7 bits: scale max|x|/63, round to nearest.
         let xq: Vec<f32> = x
             .chunks(BLOCK)
             .flat_map(|b| {
-                let d = b.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                let d = b.iter().fold(0f32, |m, v| m.max(v.abs())) / 63.0;
                 b.iter().map(move |v| if d == 0.0 { 0.0 } else { (v / d).round_ties_even() * d })
             })
             .collect();
@@ -144,6 +153,23 @@ fn wasm_q8_kernel_matches_reference() {
             }
         }
     }
+}
+
+/// q8_0 bytes for `weights` `[out, in]` whose blocks' scale is max |w| / 128, so each block's most negative
+/// value becomes the -128 quant (legal in GGUF, never written by llama.cpp's quantizer).
+fn q8_0_bytes_with_min_quants(weights: &[f32], in_dim: usize) -> Vec<u8> {
+    use tuwen::model::q8::BLOCK;
+    let mut out = Vec::new();
+    for row in weights.chunks(in_dim) {
+        for block in row.chunks(BLOCK) {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = half::f16::from_f32(amax / 128.0);
+            out.extend(d.to_le_bytes());
+            let inv = if d.to_f32() == 0.0 { 0.0 } else { 1.0 / d.to_f32() };
+            out.extend(block.iter().map(|v| (v * inv).round().clamp(-128.0, 127.0) as i8 as u8));
+        }
+    }
+    out
 }
 
 #[wasm_bindgen_test]

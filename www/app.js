@@ -191,11 +191,13 @@ async function run(query, { push = true } = {}) {
 }
 
 // The query lives in the URL (?q=…, ?image=…, ?caption=…, &k=…) so a search can be shared; a chosen
-// ?backend= stays.
+// ?backend= and ?simd= stay.
 function saveInUrl(query, k) {
   const params = new URLSearchParams();
-  const backend = new URLSearchParams(location.search).get('backend');
-  if (backend) params.set('backend', backend);
+  for (const kept of ['backend', 'simd']) {
+    const value = new URLSearchParams(location.search).get(kept);
+    if (value) params.set(kept, value);
+  }
   if (query.text !== undefined) params.set('q', query.text);
   else if (query.image !== undefined) params.set('image', query.image);
   else if (query.caption !== undefined) params.set('caption', query.caption);
@@ -289,7 +291,8 @@ async function main() {
   try {
     const started = performance.now();
     // ?backend=auto|cpu|gpu: where the encoders run (auto: WebGPU on a real GPU, else WASM SIMD).
-    const init = await ask('init', { backend: new URL(location.href).searchParams.get('backend') || 'auto' });
+    const params = new URL(location.href).searchParams;
+    const init = await ask('init', { backend: params.get('backend') || 'auto', simd: params.get('simd') || 'auto' });
     state.manifest = init.manifest;
     state.imageIds = init.images.ids;
     state.textIds = init.texts.ids;

@@ -1,6 +1,6 @@
 // The worker owns the wasm module: it downloads (with progress) and caches the model towers and the
 // bundles, embeds queries and searches, so the page never freezes while a model loads or runs.
-import init, { WasmEncoder, WasmGallery, openBackend } from './pkg/tuwen.js';
+import init, { WasmEncoder, WasmGallery, openBackend, simdLevel } from './pkg/tuwen.js';
 
 // Versioned URLs (…?v=<sha256>) are immutable: one cache for all of them, old versions pruned.
 const ASSET_CACHE = 'tuwen-assets-v1';
@@ -100,6 +100,37 @@ function explainLoadFailure(e, what) {
   return e;
 }
 
+// A module whose one function uses i32x4.relaxed_dot_i8x16_i7x16_add_s: it validates only where the browser
+// has relaxed SIMD, and then the page loads the module built for it (8-bit dot products in the q8_0 kernel).
+const RELAXED_SIMD_PROBE = new Uint8Array([
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+  0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7b, // types: () -> v128
+  0x03, 0x02, 0x01, 0x00, // one function of type 0
+  0x0a, 0x3d, 0x01, 0x3b, 0x00, // code: one body of 59 bytes, no locals
+  0xfd, 0x0c, ...new Array(16).fill(0), // v128.const 0 (× 3)
+  0xfd, 0x0c, ...new Array(16).fill(0),
+  0xfd, 0x0c, ...new Array(16).fill(0),
+  0xfd, 0x93, 0x02, // i32x4.relaxed_dot_i8x16_i7x16_add_s
+  0x0b, // end
+]);
+
+// The wasm module for this browser: relaxed SIMD where it validates and the site has that build, unless
+// ?simd=128 asks for the baseline (to compare, or to work around a browser bug).
+function chooseWasm(manifest, simd) {
+  if (simd !== '128' && manifest.wasm_relaxed && WebAssembly.validate(RELAXED_SIMD_PROBE)) {
+    return manifest.wasm_relaxed;
+  }
+  return manifest.wasm;
+}
+
+// The CPU engine in words: the SIMD the module was built for and the threads it runs on (one: the page runs
+// no wasm threads yet).
+let cpuEngine = 'WASM SIMD';
+function describeCpu(level) {
+  const simd = level === 'relaxed-simd' ? 'relaxed SIMD' : 'SIMD128';
+  return `WASM ${simd} · 1 线程`;
+}
+
 // The backend badge: the Rust side's report ({backend, detail}) in the page's words.
 function describeBackend(report, override) {
   if (report.backend === 'gpu') return { name: 'WebGPU', webgpu: true, reason: `WebGPU：${report.detail}`, detail: report.detail };
@@ -109,7 +140,7 @@ function describeBackend(report, override) {
   else if (/no GPU adapter/.test(report.detail)) reason = '没有可用的 WebGPU 适配器';
   else if (/fell back/.test(report.detail)) reason = `GPU 设备丢失，已回退到 WASM SIMD（${report.detail}）`;
   else if (/chosen/.test(report.detail)) reason = '已按 ?backend=cpu 使用 WASM SIMD';
-  return { name: 'WASM SIMD', webgpu: false, reason, detail: report.detail };
+  return { name: cpuEngine, webgpu: false, reason, detail: report.detail };
 }
 
 // Resolves the page's ?backend= (auto | cpu | gpu) once; the towers then load onto what it found.
@@ -123,19 +154,20 @@ async function detectBackend(choice) {
   }
 }
 
-async function start({ backend: choice }) {
+async function start({ backend: choice, simd }) {
   const response = await fetch('manifest.json', { cache: 'no-cache' }).catch((e) => {
     throw new UserError(`无法读取站点清单 manifest.json：${e.message}`);
   });
   if (!response.ok) throw new UserError(`无法读取站点清单 manifest.json：HTTP ${response.status}`);
   manifest = await response.json();
   if (manifest.version !== 1) throw new UserError(`不支持的站点清单版本 ${manifest.version}`);
-  const wasm = await fetchAsset(manifest.wasm, 'WebAssembly 模块');
+  const wasm = await fetchAsset(chooseWasm(manifest, simd), 'WebAssembly 模块');
   try {
     await init({ module_or_path: wasm });
   } catch (e) {
     throw new UserError(`WebAssembly 模块无法启动（需要支持 WASM SIMD 的浏览器：Chrome 91+、Firefox 89+、Safari 16.4+）：${e.message}`);
   }
+  cpuEngine = describeCpu(simdLevel());
   backend = await detectBackend(choice || 'auto');
   const [images, texts] = await Promise.all([
     fetchAsset(manifest.images.bundle, '图片索引'),

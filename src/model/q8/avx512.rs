@@ -1,6 +1,6 @@
-//! The q8_0 tile kernel on AVX-512 VNNI: one `vpdpbusd` multiplies 4 k-values of all 16 columns (u8 weights)
-//! by 4 broadcast activation quants (i8) of one row, summing in i32 lanes, so a block of 32 is 8 instructions
-//! per row; up to 8 rows share every weight load.
+//! The q8_0 tile kernel on AVX-512 VNNI: one `vpdpbusd` multiplies 4 broadcast activation quants (u8, 7-bit
+//! + 64) of one row by 4 k-values of all 16 columns (i8 weights), summing in i32 lanes, so a block of 32 is 8
+//! instructions per row; up to 8 rows share every weight load.
 
 use super::{Q8Rows, TileOut, TileView, BLOCK, TILE, TILE_BLOCK_BYTES};
 use std::arch::x86_64::*;
@@ -14,20 +14,21 @@ pub fn available() -> bool {
     })
 }
 
-/// `super::quantize_block_with_offset` in two registers: the same scale, rounding (to nearest even, the
-/// default MXCSR mode) and offset.
+/// `super::quantize_activations` in two registers: the same scale, rounding (to nearest even, the default
+/// MXCSR mode) and offset.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub unsafe fn quantize_block(x: &[f32], q: &mut [i8], scale: &mut f32, offset: &mut i32) {
+pub unsafe fn quantize_activations(x: &[f32], q: &mut [u8]) -> f32 {
     debug_assert!(x.len() == BLOCK && q.len() == BLOCK);
     let (a, b) = (_mm512_loadu_ps(x.as_ptr()), _mm512_loadu_ps(x.as_ptr().add(16)));
     let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
-    let d = amax / 127.0;
+    let d = amax / super::ACT_LEVELS;
     let inv = _mm512_set1_ps(if d == 0.0 { 0.0 } else { 1.0 / d });
-    let (qa, qb) = (_mm512_cvtps_epi32(_mm512_mul_ps(a, inv)), _mm512_cvtps_epi32(_mm512_mul_ps(b, inv)));
+    let offset = _mm512_set1_epi32(super::ACT_OFFSET);
+    let qa = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(a, inv)), offset);
+    let qb = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(b, inv)), offset);
     _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(qa));
     _mm_storeu_si128(q.as_mut_ptr().add(16) as *mut __m128i, _mm512_cvtepi32_epi8(qb));
-    *scale = d;
-    *offset = super::OFFSET * _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+    d
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -55,13 +56,14 @@ unsafe fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &Til
             let weights = _mm512_loadu_si512(wq.add(g * TILE * 4) as *const _);
             for r in 0..MR {
                 let four = (xq.add(r * k + b * BLOCK + g * 4) as *const i32).read_unaligned();
-                dots[r] = _mm512_dpbusd_epi32(dots[r], weights, _mm512_set1_epi32(four));
+                dots[r] = _mm512_dpbusd_epi32(dots[r], _mm512_set1_epi32(four), weights);
             }
         }
         let w_scales = _mm512_loadu_ps(w.scales.as_ptr().add(b * TILE));
+        let w_offsets = _mm512_loadu_si512(w.offsets.as_ptr().add(b * TILE) as *const _);
         for r in 0..MR {
             let i = (row0 + r) * x.blocks + b;
-            let exact = _mm512_sub_epi32(dots[r], _mm512_set1_epi32(x.offsets[i]));
+            let exact = _mm512_sub_epi32(dots[r], w_offsets);
             let scale = _mm512_mul_ps(w_scales, _mm512_set1_ps(x.scales[i]));
             // Multiply, then add (not FMA): the bits every other kernel computes.
             acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_cvtepi32_ps(exact), scale));

@@ -4,18 +4,24 @@
 //! candle's `QMatMul` is built for one-row LLM decoding: on wasm it takes one dot product per (row, column)
 //! pair and re-reads every weight for every row. Here the weights are repacked once into 16-column tiles and
 //! each tile is multiplied against several activation rows while it is in registers and L1. The arithmetic is
-//! q8_0's: activations are quantized per 32-value block (f32 scale), products are summed exactly in i32 per
-//! block and scaled by both blocks' scales. One layout serves every kernel:
-//! AVX-512 VNNI natively (`vpdpbusd`), AVX2 (`vpmaddubsw`), simd128 in the browser (`i32x4.dot_i16x8_s`),
-//! and a portable loop. All of them compute the same bits: block sums are exact in i32, and each block adds
-//! `sum · (weight scale · activation scale)` to the f32 total with a plain multiply and add (no FMA), in block
-//! order. The product's epilogue (bias, activation, residual) runs as each tile row is stored.
+//! q8_0's: weights are the file's q8_0 blocks (i8 quants, one scale per 32); activations are quantized per
+//! 32-value block too, to **7 bits** (−63…63, stored `+ 64` as u8 1…127). Seven bits are what every 8-bit dot
+//! product on every target takes exactly: AVX2's `vpmaddubsw` (u8 × i8 pairs into a saturating i16: 2·127·128
+//! fits), AVX-512/AVX-VNNI's `vpdpbusd` (u8 × i8) and wasm's relaxed `i32x4.relaxed_dot_i8x16_i7x16_add`
+//! (whose second operand must fit 7 bits) — so no kernel needs a sign trick, and the `+ 64` is taken back
+//! per block with the weights' block sums (`64 · Σw`, computed at load). One layout serves every kernel:
+//! AVX-512 VNNI, AVX2, simd128 in the browser (`i32x4.dot_i16x8_s`) and a portable loop. All of them compute
+//! the same bits: block sums are exact in i32, and each block adds `sum · (weight scale · activation scale)`
+//! to the f32 total with a plain multiply and add (no FMA), in block order. The product's epilogue (bias,
+//! activation, residual) runs as each tile row is stored.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+mod relaxed_simd;
+#[cfg(all(target_arch = "wasm32", not(target_feature = "relaxed-simd")))]
 mod simd128;
 
 use crate::config::Activation;
@@ -29,9 +35,13 @@ pub const BLOCK: usize = 32;
 pub const TILE: usize = 16;
 /// Bytes of one tile × one block: 8 groups of 4 k-values × 16 columns × 4 bytes.
 const TILE_BLOCK_BYTES: usize = BLOCK * TILE;
-/// Weights are stored `+ 128` as u8: the unsigned operand of u8 × i8 dot products (`vpdpbusd`); the `128·Σx`
-/// this adds is taken back per block from the activation block sums.
-const OFFSET: i32 = 128;
+/// Activation quants are −63…63 (7 bits) …
+const ACT_LEVELS: f32 = 63.0;
+/// … stored `+ 64` as u8 (1…127): the unsigned operand of u8 × i8 dot products. The `64 · Σw` this adds is
+/// taken back per block from the weights' block sums.
+const ACT_OFFSET: i32 = 64;
+/// Weight quants are q8_0's −127…127 (a −128 in a file is taken exactly too).
+const WEIGHT_LEVELS: f32 = 127.0;
 
 /// A weight matrix `[out, in]` packed for the kernels. `in` must be a multiple of [`BLOCK`]; `out` is padded
 /// to whole tiles with zero columns.
@@ -39,35 +49,34 @@ const OFFSET: i32 = 128;
 pub struct Q8Matrix {
     out_dim: usize,
     in_dim: usize,
-    /// `[tile][block][k/4 group (8)][column (16)][4]`, each weight + 128.
-    quants: Vec<u8>,
+    /// `[tile][block][k/4 group (8)][column (16)][4]`.
+    quants: Vec<i8>,
     /// `[tile][block][column (16)]`.
     scales: Vec<f32>,
-    /// Some quant is -128 (GGUF allows it; q8_0 writers emit ±127): AVX2's sign trick cannot take it.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    has_min_quant: bool,
+    /// `[tile][block][column (16)]`: `64 · Σ quants` of the block, what the activations' `+ 64` adds to a
+    /// block's dot product.
+    offsets: Vec<i32>,
 }
 
-/// Activations quantized per 32-value block, as the kernels read them. A buffer: reused, it allocates only
-/// when it must grow.
+/// Activations quantized per 32-value block to 7 bits, as the kernels read them. A buffer: reused, it
+/// allocates only when it must grow.
 #[derive(Default)]
 pub struct Q8Rows {
     rows: usize,
     blocks: usize,
-    /// `[row][in]`
-    quants: Vec<i8>,
+    /// `[row][in]`: quant + 64 (1…127).
+    quants: Vec<u8>,
     /// `[row][block]`
     scales: Vec<f32>,
-    /// `[row][block]`: `128 · Σ quants` of the block (the offset's contribution, subtracted per block).
-    offsets: Vec<i32>,
     /// `quants` widened to i16 once, for simd128's i16 dot products.
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "relaxed-simd")))]
     wide: Vec<i16>,
 }
 
-/// Quantizes one block q8_0's way: scale = max |x| / 127, values rounded to nearest (ties to even).
+/// Quantizes one block q8_0's way to `levels` (127 for weights, 63 for activations): scale = max |x| / levels,
+/// values rounded to nearest (ties to even).
 #[inline(always)]
-fn quantize_block(x: &[f32], out: &mut [i8]) -> f32 {
+fn quantize_block(x: &[f32], out: &mut [i8], levels: f32) -> f32 {
     // Eight running maxima, so the reduction vectorises.
     let mut lanes = [0f32; 8];
     for chunk in x.chunks_exact(8) {
@@ -76,9 +85,9 @@ fn quantize_block(x: &[f32], out: &mut [i8]) -> f32 {
         }
     }
     let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
-    let scale = amax / 127.0;
+    let scale = amax / levels;
     let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
-    // Adding and subtracting 1.5·2²³ rounds to the nearest integer in plain f32 arithmetic (|v·inv| ≤ 127),
+    // Adding and subtracting 1.5·2²³ rounds to the nearest integer in plain f32 arithmetic (|v·inv| ≤ levels),
     // which vectorises everywhere, unlike `f32::round`'s libm call.
     const ROUND: f32 = 12_582_912.0;
     for (q, v) in out.iter_mut().zip(x) {
@@ -100,22 +109,22 @@ impl Q8Matrix {
     fn pack(out_dim: usize, in_dim: usize, block: impl Fn(usize, usize) -> ([i8; BLOCK], f32)) -> Self {
         assert!(in_dim % BLOCK == 0, "q8_0 needs an input width that is a multiple of {BLOCK}, got {in_dim}");
         let (tiles, blocks) = (out_dim.div_ceil(TILE), in_dim / BLOCK);
-        let mut quants = vec![OFFSET as u8; tiles * blocks * TILE_BLOCK_BYTES];
+        let mut quants = vec![0i8; tiles * blocks * TILE_BLOCK_BYTES];
         let mut scales = vec![0f32; tiles * blocks * TILE];
-        let mut has_min_quant = false;
+        let mut offsets = vec![0i32; tiles * blocks * TILE];
         for column in 0..out_dim {
             let (tile, lane) = (column / TILE, column % TILE);
             for b in 0..blocks {
                 let (q, scale) = block(column, b);
                 let base = (tile * blocks + b) * TILE_BLOCK_BYTES;
-                has_min_quant |= q.contains(&i8::MIN);
                 for (k, &v) in q.iter().enumerate() {
-                    quants[base + (k / 4) * TILE * 4 + lane * 4 + k % 4] = (v as i32 + OFFSET) as u8;
+                    quants[base + (k / 4) * TILE * 4 + lane * 4 + k % 4] = v;
                 }
                 scales[(tile * blocks + b) * TILE + lane] = scale;
+                offsets[(tile * blocks + b) * TILE + lane] = ACT_OFFSET * q.iter().map(|&v| v as i32).sum::<i32>();
             }
         }
-        Self { out_dim, in_dim, quants, scales, has_min_quant }
+        Self { out_dim, in_dim, quants, scales, offsets }
     }
 
     /// From GGUF q8_0 data: `[out][in / 32]` blocks of an f16 scale and 32 i8 quants (34 bytes each).
@@ -144,7 +153,7 @@ impl Q8Matrix {
         assert_eq!(weights.len(), out_dim * in_dim);
         Self::pack(out_dim, in_dim, |column, b| {
             let mut q = [0i8; BLOCK];
-            let scale = quantize_block(&weights[column * in_dim + b * BLOCK..][..BLOCK], &mut q);
+            let scale = quantize_block(&weights[column * in_dim + b * BLOCK..][..BLOCK], &mut q, WEIGHT_LEVELS);
             (q, scale)
         })
     }
@@ -160,7 +169,7 @@ impl Q8Matrix {
     pub fn block(&self, column: usize, b: usize) -> ([i8; BLOCK], f32) {
         let (tile, lane, blocks) = (column / TILE, column % TILE, self.blocks());
         let base = (tile * blocks + b) * TILE_BLOCK_BYTES;
-        let quants = std::array::from_fn(|k| (self.quants[base + (k / 4) * TILE * 4 + lane * 4 + k % 4] as i32 - OFFSET) as i8);
+        let quants = std::array::from_fn(|k| self.quants[base + (k / 4) * TILE * 4 + lane * 4 + k % 4]);
         (quants, self.scales[(tile * blocks + b) * TILE + lane])
     }
 
@@ -266,6 +275,7 @@ impl Q8Matrix {
         TileView {
             quants: &self.quants[tile * blocks * TILE_BLOCK_BYTES..][..blocks * TILE_BLOCK_BYTES],
             scales: &self.scales[tile * blocks * TILE..][..blocks * TILE],
+            offsets: &self.offsets[tile * blocks * TILE..][..blocks * TILE],
         }
     }
 
@@ -274,13 +284,15 @@ impl Q8Matrix {
     fn tile_kernel(&self, x: &Q8Rows, tile: usize, rows: Range<usize>, out: &TileOut) {
         let view = self.tile_view(tile);
         #[cfg(target_arch = "x86_64")]
-        match x86_kernel(self) {
+        match best_x86_kernel() {
             // SAFETY: the CPU has the features each kernel is compiled for.
             X86Kernel::Avx512Vnni => return unsafe { avx512::tile(&view, x, rows, out) },
             X86Kernel::Avx2 => return unsafe { avx2::tile(&view, x, rows, out) },
             X86Kernel::Portable => {}
         }
-        #[cfg(target_arch = "wasm32")]
+        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+        return relaxed_simd::tile(&view, x, rows, out);
+        #[cfg(all(target_arch = "wasm32", not(target_feature = "relaxed-simd")))]
         return simd128::tile(&view, x, rows, out);
         #[allow(unreachable_code)]
         portable_tile(&view, x, rows, out)
@@ -289,12 +301,14 @@ impl Q8Matrix {
     /// The kernel this matrix runs on here, by name (for benchmarks and logs).
     pub fn kernel_name(&self) -> &'static str {
         #[cfg(target_arch = "x86_64")]
-        return match x86_kernel(self) {
+        return match best_x86_kernel() {
             X86Kernel::Avx512Vnni => "avx512-vnni",
             X86Kernel::Avx2 => "avx2",
             X86Kernel::Portable => "portable",
         };
-        #[cfg(target_arch = "wasm32")]
+        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+        return "relaxed-simd";
+        #[cfg(all(target_arch = "wasm32", not(target_feature = "relaxed-simd")))]
         return "simd128";
         #[allow(unreachable_code)]
         "portable"
@@ -304,7 +318,7 @@ impl Q8Matrix {
 /// A deliberate fault, so tests can prove that their bounds on quantized embeddings catch a wrong kernel.
 #[doc(hidden)]
 pub mod fault {
-    use super::{Q8Rows, BLOCK, OFFSET};
+    use super::{Q8Rows, ACT_OFFSET, BLOCK};
     use std::sync::atomic::{AtomicBool, Ordering};
 
     static DROP_LAST_GROUP: AtomicBool = AtomicBool::new(false);
@@ -321,13 +335,10 @@ pub mod fault {
 
     pub(super) fn drop_last_groups(x: &Q8Rows) -> Q8Rows {
         let mut quants = x.quants.clone();
-        let mut offsets = x.offsets.clone();
-        for (block, offset) in quants.chunks_exact_mut(BLOCK).zip(offsets.iter_mut()) {
-            block[BLOCK - 4..].fill(0);
-            *offset = OFFSET * block.iter().map(|&q| q as i32).sum::<i32>();
+        for block in quants.chunks_exact_mut(BLOCK) {
+            block[BLOCK - 4..].fill(ACT_OFFSET as u8);
         }
-        let mut broken =
-            Q8Rows { rows: x.rows, blocks: x.blocks, quants, scales: x.scales.clone(), offsets, ..Q8Rows::default() };
+        let mut broken = Q8Rows { rows: x.rows, blocks: x.blocks, quants, scales: x.scales.clone(), ..Q8Rows::default() };
         broken.widen();
         broken
     }
@@ -382,15 +393,6 @@ fn best_x86_kernel() -> X86Kernel {
     })
 }
 
-/// The kernel for this matrix: the best one, except that the AVX2 kernel's sign trick cannot take a -128 weight.
-#[cfg(target_arch = "x86_64")]
-fn x86_kernel(w: &Q8Matrix) -> X86Kernel {
-    match best_x86_kernel() {
-        X86Kernel::Avx2 if w.has_min_quant => X86Kernel::Portable,
-        best => best,
-    }
-}
-
 /// What a product does as it stores each value: `+ bias`, then `act`, then `+ residual` (`[rows, out]`).
 #[derive(Default, Clone, Copy)]
 pub struct Epilogue<'a> {
@@ -432,10 +434,11 @@ impl TileOut {
     }
 }
 
-/// One tile's weights: `[block][group (8)][column (16)][4]` quants and `[block][column]` scales.
+/// One tile's weights: `[block][group (8)][column (16)][4]` quants, `[block][column]` scales and offsets.
 struct TileView<'a> {
-    quants: &'a [u8],
+    quants: &'a [i8],
     scales: &'a [f32],
+    offsets: &'a [i32],
 }
 
 #[derive(Clone, Copy)]
@@ -465,21 +468,26 @@ unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendConstPtr {}
 unsafe impl Sync for SendConstPtr {}
 
+/// One block of activations: 7-bit quants stored `+ 64`; returns the scale.
 #[inline(always)]
-fn quantize_block_with_offset(x: &[f32], q: &mut [i8], scale: &mut f32, offset: &mut i32) {
-    *scale = quantize_block(x, q);
-    *offset = OFFSET * q.iter().map(|&v| v as i32).sum::<i32>();
+fn quantize_activations(x: &[f32], q: &mut [u8]) -> f32 {
+    let mut signed = [0i8; BLOCK];
+    let scale = quantize_block(x, &mut signed, ACT_LEVELS);
+    for (q, s) in q.iter_mut().zip(signed) {
+        *q = (s as i32 + ACT_OFFSET) as u8;
+    }
+    scale
 }
 
-/// One block by the fastest quantizer this CPU has (all give the same bits).
+/// One block of activations by the fastest quantizer this CPU has (all give the same bits).
 #[inline(always)]
-fn quantize_block_fast(x: &[f32], q: &mut [i8], scale: &mut f32, offset: &mut i32) {
+fn quantize_activations_fast(x: &[f32], q: &mut [u8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if avx512::available() {
         // SAFETY: the CPU has the features the copy is compiled for.
-        return unsafe { avx512::quantize_block(x, q, scale, offset) };
+        return unsafe { avx512::quantize_activations(x, q) };
     }
-    quantize_block_with_offset(x, q, scale, offset)
+    quantize_activations(x, q)
 }
 
 impl Q8Rows {
@@ -497,17 +505,16 @@ impl Q8Rows {
         self.blocks = in_dim / BLOCK;
         self.quants.resize(rows * in_dim, 0);
         self.scales.resize(rows * self.blocks, 0.0);
-        self.offsets.resize(rows * self.blocks, 0);
     }
 
     /// Quantizes `x` `[rows, in_dim]` into this buffer.
     pub fn quantize_from(&mut self, x: &[f32], rows: usize, in_dim: usize) {
         assert_eq!(x.len(), rows * in_dim, "activations are not [{rows}, {in_dim}]");
         self.reshape(rows, in_dim);
-        self.rows_in_parallel(|row, quants, scales, offsets| {
+        self.rows_in_parallel(|row, quants, scales| {
             let src = &x[row * in_dim..][..in_dim];
-            for (((chunk, q), s), o) in src.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK)).zip(scales).zip(offsets) {
-                quantize_block_fast(chunk, q, s, o);
+            for ((chunk, q), s) in src.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK)).zip(scales) {
+                *s = quantize_activations_fast(chunk, q);
             }
         });
         self.widen();
@@ -517,22 +524,20 @@ impl Q8Rows {
     /// rows ever existing all at once.
     pub fn quantize_with(&mut self, rows: usize, in_dim: usize, make_row: impl Fn(usize, &mut [f32]) + Sync) {
         self.reshape(rows, in_dim);
-        self.rows_in_parallel(|row, quants, scales, offsets| {
+        self.rows_in_parallel(|row, quants, scales| {
             SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
                 scratch.resize(in_dim, 0.0);
                 make_row(row, &mut scratch);
-                for (((chunk, q), s), o) in
-                    scratch.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK)).zip(scales).zip(offsets)
-                {
-                    quantize_block_fast(chunk, q, s, o);
+                for ((chunk, q), s) in scratch.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK)).zip(scales) {
+                    *s = quantize_activations_fast(chunk, q);
                 }
             })
         });
         self.widen();
     }
 
-    fn rows_in_parallel(&mut self, job: impl Fn(usize, &mut [i8], &mut [f32], &mut [i32]) + Sync) {
+    fn rows_in_parallel(&mut self, job: impl Fn(usize, &mut [u8], &mut [f32]) + Sync) {
         let (in_dim, blocks) = (self.blocks * BLOCK, self.blocks);
         if self.rows == 0 {
             return;
@@ -543,26 +548,19 @@ impl Q8Rows {
             self.quants
                 .par_chunks_exact_mut(in_dim)
                 .zip(self.scales.par_chunks_exact_mut(blocks))
-                .zip(self.offsets.par_chunks_exact_mut(blocks))
                 .enumerate()
                 .with_min_len(8)
-                .for_each(|(row, ((q, s), o))| job(row, q, s, o));
+                .for_each(|(row, (q, s))| job(row, q, s));
         }
         #[cfg(target_arch = "wasm32")]
-        for (row, ((q, s), o)) in self
-            .quants
-            .chunks_exact_mut(in_dim)
-            .zip(self.scales.chunks_exact_mut(blocks))
-            .zip(self.offsets.chunks_exact_mut(blocks))
-            .enumerate()
-        {
-            job(row, q, s, o);
+        for (row, (q, s)) in self.quants.chunks_exact_mut(in_dim).zip(self.scales.chunks_exact_mut(blocks)).enumerate() {
+            job(row, q, s);
         }
     }
 
-    /// On wasm, the quants widened to i16 once for simd128's i16 dot products.
+    /// On wasm without relaxed SIMD, the quants widened to i16 once for simd128's i16 dot products.
     fn widen(&mut self) {
-        #[cfg(target_arch = "wasm32")]
+        #[cfg(all(target_arch = "wasm32", not(target_feature = "relaxed-simd")))]
         {
             self.wide.clear();
             self.wide.extend(self.quants.iter().map(|&q| q as i16));
@@ -573,7 +571,7 @@ impl Q8Rows {
         self.rows
     }
 
-    fn row(&self, row: usize) -> &[i8] {
+    fn row(&self, row: usize) -> &[u8] {
         &self.quants[row * self.blocks * BLOCK..][..self.blocks * BLOCK]
     }
 }
@@ -599,9 +597,9 @@ fn portable_tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
                     }
                 }
             }
-            let (x_scale, x_offset) = (x.scales[row * x.blocks + b], x.offsets[row * x.blocks + b]);
+            let x_scale = x.scales[row * x.blocks + b];
             for c in 0..TILE {
-                sum[c] += (dots[c] - x_offset) as f32 * (w.scales[b * TILE + c] * x_scale);
+                sum[c] += (dots[c] - w.offsets[b * TILE + c]) as f32 * (w.scales[b * TILE + c] * x_scale);
             }
         }
         out.write(row, &sum);
@@ -626,7 +624,8 @@ mod tests {
     fn reference(w: &Q8Matrix, x: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
         let wf = w.dequantize();
         let xq = Q8Rows::quantize(x, rows, w.in_dim);
-        let xf: Vec<f32> = xq.quants.iter().enumerate().map(|(i, &q)| q as f32 * xq.scales[i / BLOCK]).collect();
+        let xf: Vec<f32> =
+            xq.quants.iter().enumerate().map(|(i, &q)| (q as i32 - ACT_OFFSET) as f32 * xq.scales[i / BLOCK]).collect();
         let mut out = vec![0f32; rows * w.out_dim];
         for r in 0..rows {
             for c in 0..w.out_dim {
@@ -678,8 +677,8 @@ mod tests {
         }
     }
 
-    /// A -128 quant (legal in GGUF q8_0) is computed exactly: AVX2's sign trick cannot take it, so such a
-    /// matrix runs elsewhere.
+    /// A -128 quant (legal in GGUF q8_0) is computed exactly by every kernel (7-bit activations keep AVX2's
+    /// saturating i16 pair sums in range even then).
     #[test]
     fn a_minus_128_weight_is_exact() {
         let (out_dim, in_dim, rows) = (16, 64, 5);
@@ -691,7 +690,7 @@ mod tests {
             }
         }
         let w = Q8Matrix::from_q8_0_bytes(out_dim, in_dim, &data).unwrap();
-        assert!(w.has_min_quant);
+        assert!(w.quants.contains(&i8::MIN));
         let x = lcg(8, rows * in_dim);
         let got = w.matmul(&x, rows, None);
         let want = reference(&w, &x, rows, None);
@@ -717,18 +716,20 @@ mod tests {
         x[..BLOCK].fill(0.0); // an all-zero block: scale 0, quants 0
         x[BLOCK + 3] = 2.5 * x[BLOCK..2 * BLOCK].iter().fold(0f32, |m, v| m.max(v.abs())); // an outlier
         for chunk in x.chunks_exact(BLOCK) {
-            let (mut q1, mut s1, mut o1) = ([0i8; BLOCK], 0f32, 0i32);
-            quantize_block_with_offset(chunk, &mut q1, &mut s1, &mut o1);
-            let expected_scale = chunk.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            let mut q1 = [0u8; BLOCK];
+            let s1 = quantize_activations(chunk, &mut q1);
+            let expected_scale = chunk.iter().fold(0f32, |m, v| m.max(v.abs())) / ACT_LEVELS;
             assert_eq!(s1, expected_scale);
             for (q, v) in q1.iter().zip(chunk) {
-                assert!((*q as f32 * s1 - v).abs() <= 0.5 * s1 + 1e-7, "{q} · {s1} vs {v}");
+                assert!((1..=127).contains(q), "{q} is not a 7-bit quant + 64");
+                let value = (*q as i32 - ACT_OFFSET) as f32 * s1;
+                assert!((value - v).abs() <= 0.5 * s1 + 1e-7, "{q} · {s1} vs {v}");
             }
             #[cfg(target_arch = "x86_64")]
             if avx512::available() {
-                let (mut q2, mut s2, mut o2) = ([0i8; BLOCK], 0f32, 0i32);
-                unsafe { avx512::quantize_block(chunk, &mut q2, &mut s2, &mut o2) };
-                assert_eq!((q1, s1, o1), (q2, s2, o2));
+                let mut q2 = [0u8; BLOCK];
+                let s2 = unsafe { avx512::quantize_activations(chunk, &mut q2) };
+                assert_eq!((q1, s1), (q2, s2));
             }
         }
     }

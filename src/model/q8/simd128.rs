@@ -1,4 +1,4 @@
-//! The q8_0 tile kernel on wasm simd128. There is no u8 × i8 dot product, so each 16-byte slice of a group
+//! The q8_0 tile kernel on wasm simd128. There is no 8-bit dot product, so each 16-byte slice of a group
 //! (4 columns × 4 k-values) is widened to two i16x8 halves and multiplied by the row's 4 activation quants
 //! (splat to both halves) with `i32x4.dot_i16x8_s`; lanes come out as (column, k-pair) partial
 //! sums, folded into one sum per column at the end of each block. Four rows share every widened weight, and
@@ -32,7 +32,7 @@ fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
             for g in 0..BLOCK / 4 {
                 // SAFETY: in bounds: a group is 64 bytes, a quarter of it 16.
                 let bytes = unsafe { v128_load(wq.as_ptr().add(g * TILE * 4 + quarter * 16) as *const v128) };
-                let (lo, hi) = (u16x8_extend_low_u8x16(bytes), u16x8_extend_high_u8x16(bytes));
+                let (lo, hi) = (i16x8_extend_low_i8x16(bytes), i16x8_extend_high_i8x16(bytes));
                 for r in 0..MR {
                     let xs = splat(r, b * BLOCK + g * 4);
                     low[r] = i32x4_add(low[r], i32x4_dot_i16x8(lo, xs));
@@ -41,11 +41,13 @@ fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
             }
             // SAFETY: 4 scales of this quarter, in bounds.
             let w_scales = unsafe { v128_load(w.scales.as_ptr().add(b * TILE + quarter * 4) as *const v128) };
+            // SAFETY: the same 4 columns' offsets.
+            let w_offsets = unsafe { v128_load(w.offsets.as_ptr().add(b * TILE + quarter * 4) as *const v128) };
             for r in 0..MR {
                 let i = (row0 + r) * x.blocks + b;
                 let columns =
                     i32x4_add(i32x4_shuffle::<0, 2, 4, 6>(low[r], high[r]), i32x4_shuffle::<1, 3, 5, 7>(low[r], high[r]));
-                let exact = i32x4_sub(columns, i32x4_splat(x.offsets[i]));
+                let exact = i32x4_sub(columns, w_offsets);
                 let scale = f32x4_mul(w_scales, f32x4_splat(x.scales[i]));
                 acc[r][quarter] = f32x4_add(acc[r][quarter], f32x4_mul(f32x4_convert_i32x4(exact), scale));
             }

@@ -199,11 +199,15 @@ pub fn attention(qkv: &[f32], batch: usize, seq: usize, heads: usize, mask_bias:
     });
 }
 
-/// Keys per register block of the score loop.
+/// Keys × queries per register block of the score loop: 4 × 16 sums in 8 AVX2 registers, enough independent
+/// chains to hide the add latency, each key row loaded once for 4 queries.
 const KEYS: usize = 16;
+const QUERIES: usize = 4;
+/// Output dimensions per register block of `P·V` (a whole 64-dimension head in 8 AVX2 registers).
+const VALUES: usize = 64;
 
 wide_vectors! {
-    /// One (sequence, head): the head's keys transposed once into `[head_dim, seq]` so each query's scores
+    /// One (sequence, head): the head's keys transposed once into `[head_dim, seq]` so the scores of 4 queries
     /// are computed 16 keys at a time in registers (each score summed over the head's dimensions in order);
     /// scale + mask + softmax fused; `P·V` accumulated in one row.
     fn attention_head(qkv: &[f32], b: usize, h: usize, seq: usize, hidden: usize, head_dim: usize, mask: Option<&[f32]>,
@@ -211,53 +215,77 @@ wide_vectors! {
         let scale = 1.0 / (head_dim as f32).sqrt();
         let row = |i: usize, part: usize| &qkv[(b * seq + i) * 3 * hidden + part * hidden + h * head_dim..][..head_dim];
         let padded = seq.div_ceil(KEYS) * KEYS;
-        scratch.resize(head_dim * padded + padded + head_dim, 0.0);
+        scratch.resize(head_dim * padded + QUERIES * padded + head_dim, 0.0);
         let (keys_t, rest) = scratch.split_at_mut(head_dim * padded);
-        let (scores, acc) = rest.split_at_mut(padded);
+        let (scores, acc) = rest.split_at_mut(QUERIES * padded);
         for j in 0..seq {
             for (d, &k) in row(j, 1).iter().enumerate() {
                 keys_t[d * padded + j] = k;
             }
         }
-        for i in 0..seq {
-            let q = row(i, 0);
+        for i0 in (0..seq).step_by(QUERIES) {
+            let queries = (seq - i0).min(QUERIES);
+            // A last group of fewer than 4 repeats its first query in the spare slots (computed, not used).
+            let q: [&[f32]; QUERIES] = std::array::from_fn(|n| row(if n < queries { i0 + n } else { i0 }, 0));
             for j0 in (0..padded).step_by(KEYS) {
-                let mut block = [0f32; KEYS];
-                for (d, &qd) in q.iter().enumerate() {
+                let mut block = [[0f32; KEYS]; QUERIES];
+                for d in 0..head_dim {
                     let k = &keys_t[d * padded + j0..][..KEYS];
-                    for c in 0..KEYS {
-                        block[c] += qd * k[c];
+                    for (n, block) in block.iter_mut().enumerate() {
+                        let qd = q[n][d];
+                        for c in 0..KEYS {
+                            block[c] += qd * k[c];
+                        }
                     }
                 }
-                scores[j0..j0 + KEYS].copy_from_slice(&block);
-            }
-            let scores = &mut scores[..seq];
-            match mask {
-                Some(mask) => scores.iter_mut().zip(mask).for_each(|(s, m)| *s = *s * scale + m),
-                None => scores.iter_mut().for_each(|s| *s *= scale),
-            }
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            for s in scores.iter_mut() {
-                *s = exp(*s - max);
-            }
-            let inv = 1.0 / sum(scores);
-            acc.fill(0.0);
-            for (j, &p) in scores.iter().enumerate() {
-                for (a, v) in acc.iter_mut().zip(row(j, 2)) {
-                    *a += p * v;
+                for (n, block) in block.iter().enumerate().take(queries) {
+                    scores[n * padded + j0..][..KEYS].copy_from_slice(block);
                 }
             }
-            // SAFETY: the (sequence, head) job owns these columns of these rows.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.at((b * seq + i) * hidden + h * head_dim), head_dim) };
-            for (d, a) in dst.iter_mut().zip(acc.iter()) {
-                *d = a * inv;
+            for n in 0..queries {
+                let scores = &mut scores[n * padded..][..seq];
+                match mask {
+                    Some(mask) => scores.iter_mut().zip(mask).for_each(|(s, m)| *s = *s * scale + m),
+                    None => scores.iter_mut().for_each(|s| *s *= scale),
+                }
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                for s in scores.iter_mut() {
+                    *s = exp(*s - max);
+                }
+                let inv = 1.0 / sum(scores);
+                // P·V, 64 output dimensions at a time summed in registers over every key (in key order).
+                for d0 in (0..head_dim).step_by(VALUES) {
+                    let width = (head_dim - d0).min(VALUES);
+                    let mut sums = [0f32; VALUES];
+                    if width == VALUES {
+                        for (j, &p) in scores.iter().enumerate() {
+                            let v = &row(j, 2)[d0..d0 + VALUES];
+                            for c in 0..VALUES {
+                                sums[c] += p * v[c];
+                            }
+                        }
+                    } else {
+                        for (j, &p) in scores.iter().enumerate() {
+                            for (a, v) in sums.iter_mut().zip(&row(j, 2)[d0..]) {
+                                *a += p * v;
+                            }
+                        }
+                    }
+                    acc[d0..d0 + width].copy_from_slice(&sums[..width]);
+                }
+                // SAFETY: the (sequence, head) job owns these columns of these rows.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(out.at((b * seq + i0 + n) * hidden + h * head_dim), head_dim) };
+                for (d, a) in dst.iter_mut().zip(acc.iter()) {
+                    *d = a * inv;
+                }
             }
         }
     }
 }
 
 thread_local! {
-    /// One head's transposed keys, one query's scores and its output row, per thread.
+    /// One head's transposed keys, 4 queries' scores and an output row, per thread.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 

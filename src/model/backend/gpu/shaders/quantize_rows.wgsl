@@ -1,5 +1,6 @@
-// Activations → q8_0 blocks for matmul_q8.wgsl, one thread per 32-value block, exactly as the CPU
-// quantizes them: scale = max |x| / 127, values × 1/scale rounded to nearest (ties to even), packed 4 per word.
+// Activations → 7-bit blocks for matmul_q8.wgsl, one thread per 32-value block, exactly as the CPU
+// quantizes them: scale = max |x| / 63, values × 1/scale rounded to nearest (ties to even), packed 4 per word
+// as signed bytes (the CPU stores them + 64 for its u8 × i8 instructions; dot4I8Packed takes them signed).
 
 struct Shape {
     blocks: u32,
@@ -21,7 +22,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
     for (var k = 0u; k < 32u; k++) {
         amax = max(amax, abs(x[base + k]));
     }
-    let scale = amax / 127.0;
+    let scale = amax / 63.0;
     var inv = 0.0;
     if (scale != 0.0) {
         inv = 1.0 / scale;

@@ -1,0 +1,144 @@
+//! The q8_0 kernel against this machine's 8-bit dot-product peak (a benchmark, not a test):
+//!
+//!     cargo bench --bench q8_kernel            # RAYON_NUM_THREADS=2 for two threads
+//!
+//! 1. Peak: the instruction sequence the kernel is built on, in independent chains with no loads and no
+//!    stores, on every thread at once: `vpdpbusd zmm` where AVX-512 VNNI exists, else AVX2's `vpmaddubsw` +
+//!    `vpmaddwd` + `vpaddd` (32 multiply-adds per `vpmaddubsw`).
+//! 2. The kernel (`Q8Matrix::matmul_into`, whatever this CPU runs) on the encoders' product shapes, as
+//!    GMAC/s and as a fraction of that peak.
+
+use std::time::Instant;
+use tuwen::model::q8::{Epilogue, Q8Matrix, Q8Rows};
+
+fn lcg(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Multiply-adds per second of one thread running the dot-product instruction flat out.
+#[cfg(target_arch = "x86_64")]
+fn peak_one_thread(seconds: f64) -> (f64, &'static str) {
+    const ITERS: u64 = 1 << 20;
+    let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni");
+    let start = Instant::now();
+    let mut macs = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        // SAFETY: each branch runs only where its features were detected.
+        unsafe {
+            if avx512 {
+                macs += vnni_loop(ITERS);
+            } else if is_x86_feature_detected!("avx2") {
+                macs += avx2_loop(ITERS);
+            } else {
+                return (0.0, "none");
+            }
+        }
+    }
+    let name = if avx512 { "vpdpbusd zmm" } else { "vpmaddubsw+vpmaddwd+vpaddd ymm" };
+    return (macs as f64 / start.elapsed().as_secs_f64(), name);
+
+    // Inline assembly, so the compiler can neither hoist the loop-invariant products nor drop them.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn vnni_loop(iters: u64) -> u64 {
+        std::arch::asm!(
+            "vpxord zmm0, zmm0, zmm0", "vpternlogd zmm14, zmm14, zmm14, 0xff", "vpabsb zmm15, zmm14",
+            "2:",
+            "vpdpbusd zmm0, zmm15, zmm14", "vpdpbusd zmm1, zmm15, zmm14", "vpdpbusd zmm2, zmm15, zmm14",
+            "vpdpbusd zmm3, zmm15, zmm14", "vpdpbusd zmm4, zmm15, zmm14", "vpdpbusd zmm5, zmm15, zmm14",
+            "vpdpbusd zmm6, zmm15, zmm14", "vpdpbusd zmm7, zmm15, zmm14", "vpdpbusd zmm8, zmm15, zmm14",
+            "vpdpbusd zmm9, zmm15, zmm14",
+            "dec {n}", "jnz 2b",
+            n = inout(reg) iters => _,
+            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _, out("zmm5") _,
+            out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _, out("zmm14") _, out("zmm15") _,
+            options(nostack, nomem),
+        );
+        iters * 10 * 64
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2_loop(iters: u64) -> u64 {
+        // Four independent chains of the kernel's three-instruction step: u8×i8 pairs → i16, pairs of pairs →
+        // i32 (× ones), accumulate.
+        std::arch::asm!(
+            "vpcmpeqw ymm15, ymm15, ymm15", "vpsrlw ymm15, ymm15, 15", "vpabsb ymm14, ymm15",
+            "2:",
+            "vpmaddubsw ymm4, ymm14, ymm15", "vpmaddubsw ymm5, ymm14, ymm15",
+            "vpmaddubsw ymm6, ymm14, ymm15", "vpmaddubsw ymm7, ymm14, ymm15",
+            "vpmaddwd ymm4, ymm4, ymm15", "vpmaddwd ymm5, ymm5, ymm15",
+            "vpmaddwd ymm6, ymm6, ymm15", "vpmaddwd ymm7, ymm7, ymm15",
+            "vpaddd ymm0, ymm0, ymm4", "vpaddd ymm1, ymm1, ymm5", "vpaddd ymm2, ymm2, ymm6", "vpaddd ymm3, ymm3, ymm7",
+            "vpmaddubsw ymm8, ymm14, ymm15", "vpmaddubsw ymm9, ymm14, ymm15",
+            "vpmaddubsw ymm10, ymm14, ymm15", "vpmaddubsw ymm11, ymm14, ymm15",
+            "vpmaddwd ymm8, ymm8, ymm15", "vpmaddwd ymm9, ymm9, ymm15",
+            "vpmaddwd ymm10, ymm10, ymm15", "vpmaddwd ymm11, ymm11, ymm15",
+            "vpaddd ymm0, ymm0, ymm8", "vpaddd ymm1, ymm1, ymm9", "vpaddd ymm2, ymm2, ymm10", "vpaddd ymm3, ymm3, ymm11",
+            "dec {n}", "jnz 2b",
+            n = inout(reg) iters => _,
+            out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _, out("ymm5") _,
+            out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+            out("ymm14") _, out("ymm15") _,
+            options(nostack, nomem),
+        );
+        iters * 8 * 32
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn peak_one_thread(_seconds: f64) -> (f64, &'static str) {
+    (0.0, "none")
+}
+
+/// The peak on every thread at once, in GMAC/s.
+fn peak(threads: usize, seconds: f64) -> (f64, &'static str) {
+    let results: Vec<(f64, &str)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(|| peak_one_thread(seconds))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    (results.iter().map(|r| r.0).sum::<f64>() / 1e9, results[0].1)
+}
+
+fn main() {
+    let threads = rayon::current_num_threads();
+    let (first, instruction) = peak(threads, 2.0);
+    println!("peak: {first:.0} GMAC/s on {threads} threads ({instruction}, register-only loop)");
+    println!("(a VM's speed drifts: the peak is measured again right before each product, and each fraction is of that)");
+    // The encoders' products: (name, rows, in, out).
+    let shapes = [
+        ("text b1: qkv 52×768→2304", 52, 768, 2304),
+        ("text b1: ffn up 52×768→3072", 52, 768, 3072),
+        ("text b1: ffn down 52×3072→768", 52, 3072, 768),
+        ("vision b8: qkv 1576×768→2304", 1576, 768, 2304),
+        ("vision b8: attn out 1576×768→768", 1576, 768, 768),
+        ("vision b8: ffn up 1576×768→3072", 1576, 768, 3072),
+        ("vision b8: ffn down 1576×3072→768", 1576, 3072, 768),
+    ];
+    let mut kernel = "";
+    println!("| product | ms | GMAC/s | peak then | of peak |");
+    println!("|---|---|---|---|---|");
+    for (name, rows, in_dim, out_dim) in shapes {
+        let w = Q8Matrix::quantize(out_dim, in_dim, &lcg(1, out_dim * in_dim));
+        kernel = w.kernel_name();
+        let x = Q8Rows::quantize(&lcg(2, rows * in_dim), rows, in_dim);
+        let bias = lcg(3, out_dim);
+        let mut out = vec![0f32; rows * out_dim];
+        let epilogue = Epilogue { bias: Some(&bias), ..Epilogue::default() };
+        w.matmul_into(&x, &mut out, &epilogue);
+        let (peak, _) = peak(threads, 0.5);
+        let (start, mut runs) = (Instant::now(), 0);
+        while start.elapsed().as_secs_f64() < 1.0 || runs < 3 {
+            w.matmul_into(&x, &mut out, &epilogue);
+            runs += 1;
+        }
+        let per = start.elapsed().as_secs_f64() / runs as f64;
+        let gmacs = (rows * in_dim * out_dim) as f64 / per / 1e9;
+        println!("| {name} | {:.2} | {gmacs:.0} | {peak:.0} | {:.0} % |", per * 1e3, 100.0 * gmacs / peak);
+    }
+    println!("kernel: {kernel}, {threads} threads");
+}

@@ -1,0 +1,61 @@
+//! The q8_0 tile kernel on wasm relaxed SIMD (the second wasm build, for browsers that have it):
+//! `i32x4.relaxed_dot_i8x16_i7x16_add` multiplies 16 i8 weights (4 columns × 4 k-values, the layout's
+//! 16-byte quarter of a group) by a row's 4 activation quants splat 4 times, and adds each column's 4
+//! products to its i32 lane — 16 multiply-adds in one instruction, no widening, no shuffles. Its result is
+//! only defined when the second operand fits 7 bits, which the activations' 1…127 do (and the largest pair
+//! sum, 2·128·127, fits the i16 that x86 engines compute it through).
+
+use super::{Q8Rows, TileOut, TileView, BLOCK, TILE, TILE_BLOCK_BYTES};
+use std::arch::wasm32::*;
+use std::ops::Range;
+
+pub fn tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
+    super::for_row_groups(rows, 4, |row, n| match n {
+        4 => self::rows::<4>(w, x, row, out),
+        _ => self::rows::<1>(w, x, row, out),
+    })
+}
+
+#[inline(always)]
+fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
+    let k = x.blocks * BLOCK;
+    let xq = &x.quants[row0 * k..(row0 + MR) * k];
+    let mut sums = [[0f32; TILE]; MR];
+    // One quarter of the tile's columns (4 i32 lanes) at a time over all of k, so MR running sums and MR
+    // block dot products stay in registers.
+    for quarter in 0..4 {
+        let mut acc = [f32x4_splat(0.0); MR];
+        for b in 0..x.blocks {
+            let wq = &w.quants[b * TILE_BLOCK_BYTES..][..TILE_BLOCK_BYTES];
+            let mut dots = [i32x4_splat(0); MR];
+            for g in 0..BLOCK / 4 {
+                // SAFETY: a group is 64 bytes, a quarter of it 16, in bounds; 4 activation bytes in bounds.
+                let weights = unsafe { v128_load(wq.as_ptr().add(g * TILE * 4 + quarter * 16) as *const v128) };
+                for r in 0..MR {
+                    let four = unsafe { v128_load32_splat(xq.as_ptr().add(r * k + b * BLOCK + g * 4) as *const u32) };
+                    dots[r] = i32x4_relaxed_dot_i8x16_i7x16_add(weights, four, dots[r]);
+                }
+            }
+            // SAFETY: 4 scales and 4 offsets of this quarter's columns, in bounds.
+            let (w_scales, w_offsets) = unsafe {
+                (
+                    v128_load(w.scales.as_ptr().add(b * TILE + quarter * 4) as *const v128),
+                    v128_load(w.offsets.as_ptr().add(b * TILE + quarter * 4) as *const v128),
+                )
+            };
+            for r in 0..MR {
+                let exact = i32x4_sub(dots[r], w_offsets);
+                // Multiply, then add (not FMA): the bits every other kernel computes.
+                let scale = f32x4_mul(w_scales, f32x4_splat(x.scales[(row0 + r) * x.blocks + b]));
+                acc[r] = f32x4_add(acc[r], f32x4_mul(f32x4_convert_i32x4(exact), scale));
+            }
+        }
+        for r in 0..MR {
+            // SAFETY: 4 floats of a 16-float array.
+            unsafe { v128_store(sums[r].as_mut_ptr().add(quarter * 4) as *mut v128, acc[r]) };
+        }
+    }
+    for (r, sums) in sums.iter().enumerate() {
+        out.write(row0 + r, sums);
+    }
+}
