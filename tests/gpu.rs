@@ -182,8 +182,10 @@ fn tiny_model_embeddings_match_the_cpu() {
 /// weights: activations are re-quantized before every product, so a 1-ulp difference anywhere (summation
 /// order in attention or layer norm, `exp`) flips an int8 value by one step (≈ 1 % of its block) and a random
 /// network carries that to the output. The CPU does not meet it against itself either: one text embedded
-/// alone vs in a padded batch differs by cosine 0.99996, max |Δ| 1.3e-3 (BENCHMARKS.md). So q8_0 is held
-/// to cosine ≥ 0.9998 and max |Δ| ≤ 5e-3.
+/// alone vs in a padded batch differs by cosine 0.99996, max |Δ| 1.3e-3 with 8-bit activations
+/// (BENCHMARKS.md); activations are 7-bit now, each step twice as large, and the GPU's q8_0 text was 0.99964
+/// / 4.1e-3 from the CPU's when they changed. So q8_0 is held to the q8_0-vs-f32 fidelity bar itself:
+/// cosine ≥ 0.999 and max |Δ| ≤ 1e-2 (a wrong kernel lands far below: see tests/q8_fidelity.rs).
 #[test]
 fn full_size_embeddings_match_the_cpu() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/random-chinese-clip-vit-base-patch16");
@@ -197,8 +199,8 @@ fn full_size_embeddings_match_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let cases = [
         (dir.clone(), Towers::Both, 0.9999, 1e-3),
-        (dir.join("tuwen-q8_0-text.gguf"), Towers::Text, 0.9998, 5e-3),
-        (dir.join("tuwen-q8_0-vision.gguf"), Towers::Vision, 0.9998, 5e-3),
+        (dir.join("tuwen-q8_0-text.gguf"), Towers::Text, 0.999, 1e-2),
+        (dir.join("tuwen-q8_0-vision.gguf"), Towers::Vision, 0.999, 1e-2),
     ];
     for (path, towers, min_cos, max_d) in cases {
         let cpu = Encoder::load(&path, towers).unwrap();
