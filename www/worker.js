@@ -101,7 +101,7 @@ function explainLoadFailure(e, what) {
 }
 
 // A module whose one function uses i32x4.relaxed_dot_i8x16_i7x16_add_s: it validates only where the browser
-// has relaxed SIMD, and then the page loads the module built for it (8-bit dot products in the q8_0 kernel).
+// has relaxed SIMD.
 const RELAXED_SIMD_PROBE = new Uint8Array([
   0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
   0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7b, // types: () -> v128
@@ -114,10 +114,11 @@ const RELAXED_SIMD_PROBE = new Uint8Array([
   0x0b, // end
 ]);
 
-// The wasm module for this browser: relaxed SIMD where it validates and the site has that build, unless
-// ?simd=128 asks for the baseline (to compare, or to work around a browser bug).
+// The wasm module to run: the SIMD128 build, or with ?simd=relaxed the relaxed-SIMD build (8-bit dot
+// products in the q8_0 kernel) where the browser validates it and the site has it. Not the default: in
+// Chromium 156 on an AVX2 machine without VNNI it was no faster than SIMD128 (BENCHMARKS.md).
 function chooseWasm(manifest, simd) {
-  if (simd !== '128' && manifest.wasm_relaxed && WebAssembly.validate(RELAXED_SIMD_PROBE)) {
+  if (simd === 'relaxed' && manifest.wasm_relaxed && WebAssembly.validate(RELAXED_SIMD_PROBE)) {
     return manifest.wasm_relaxed;
   }
   return manifest.wasm;

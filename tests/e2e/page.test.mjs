@@ -113,8 +113,7 @@ test('the page loads with a progress bar per download, the model card and the ra
   assert.ok(downloads.length >= 3, `wasm + two bundles at least, got ${JSON.stringify(downloads)}`);
   for (const d of downloads) assert.equal(d.value, d.max, `${d.label} finished`);
   assert.equal(await page.isVisible('#random-warning'), true, 'random weights are announced');
-  // Chromium has relaxed SIMD (since 114): the page loads the module built for it.
-  assert.equal(await page.textContent('#backend'), 'WASM relaxed SIMD · 1 线程');
+  assert.equal(await page.textContent('#backend'), 'WASM SIMD128 · 1 线程');
   assert.match(await page.textContent('#model-card'), /tiny.*q8_0/);
   assert.match(await page.textContent('footer'), /54 张图片、54 条文字/);
   await snap(page, '1-loaded');
@@ -219,17 +218,18 @@ test('after one visit the page works offline (service worker + Cache API)', asyn
   await context.close();
 });
 
-test('?simd=128 runs the baseline wasm module, with the native CLI\'s results, and the choice stays', async () => {
+test('?simd=relaxed runs the relaxed-SIMD wasm module, with the native CLI\'s results, and the choice stays', async () => {
   const query = '白色背景上的一个红色圆形';
-  const { context, page } = await openPage(`${server.url}?simd=128&q=${encodeURIComponent(query)}&k=${K}`);
-  assert.equal(await page.textContent('#backend'), 'WASM SIMD128 · 1 线程');
+  // Chromium has relaxed SIMD (since 114).
+  const { context, page } = await openPage(`${server.url}?simd=relaxed&q=${encodeURIComponent(query)}&k=${K}`);
+  assert.equal(await page.textContent('#backend'), 'WASM relaxed SIMD · 1 线程');
   await page.waitForFunction((k) => document.querySelectorAll('#image-results li.result').length === k, K, { timeout: 120_000 });
-  assertSameRanking(await textResults(page), cliSearch('text', 'images.bundle', ['--text', query], K), 'SIMD128 text query');
+  assertSameRanking(await textResults(page), cliSearch('text', 'images.bundle', ['--text', query], K), 'relaxed SIMD text query');
   await page.setInputFiles('#image-input', path.join(gallery, 'images', 'demo-0003.jpg'));
   await page.waitForFunction((k) => document.querySelectorAll('#text-results li.result').length === k, K, { timeout: 120_000 });
   const cliTexts = cliSearch('vision', 'texts.bundle', ['--image', path.join(gallery, 'images', 'demo-0003.jpg')], K);
-  assertSameRanking(await captionResults(page), cliTexts, 'SIMD128 image query');
-  assert.match(new URL(page.url()).search, /simd=128/, 'the choice stays in the URL');
+  assertSameRanking(await captionResults(page), cliTexts, 'relaxed SIMD image query');
+  assert.match(new URL(page.url()).search, /simd=relaxed/, 'the choice stays in the URL');
   assert.deepEqual(page.errors, []);
   await context.close();
 });
@@ -250,7 +250,7 @@ test('the backend badge tells the truth with and without WebGPU', async () => {
       const page = await plain.newPage();
       await page.goto(url);
       await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
-      assert.equal(await page.textContent('#backend'), 'WASM relaxed SIMD · 1 线程', url);
+      assert.equal(await page.textContent('#backend'), 'WASM SIMD128 · 1 线程', url);
       assert.match(await page.textContent('.backend-reason'), /没有可用的 WebGPU 适配器|未提供 WebGPU|WebGPU 不可用/, url);
       await page.close();
     }
