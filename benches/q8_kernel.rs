@@ -10,16 +10,8 @@
 
 use std::time::Instant;
 use tuwen::model::q8::{Epilogue, Q8Matrix, Q8Rows};
+use tuwen::model::random::uniform as lcg;
 
-fn lcg(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// Multiply-adds per second of one thread running the dot-product instruction flat out.
 #[cfg(target_arch = "x86_64")]

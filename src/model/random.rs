@@ -15,6 +15,18 @@ use std::sync::{Arc, Mutex};
 /// Safetensors metadata key marking a checkpoint as random (the value says how it was made).
 pub const RANDOM_WEIGHTS_KEY: &str = "tuwen.random_weights";
 
+/// `n` values in [-1, 1) from a seeded linear congruential generator: the same on every target and every
+/// run (the kernels' tests and benchmarks compare on them).
+pub fn uniform(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 /// A `VarBuilder` backend that invents every tensor asked of it and keeps them.
 struct RandomWeights {
     state: Arc<Mutex<(StdRng, BTreeMap<String, Tensor>)>>,

@@ -8,13 +8,7 @@ use tuwen::util::resolve_now;
 use super::max_abs_diff;
 
 pub fn values(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    tuwen::model::random::uniform(seed, n)
 }
 
 pub fn tensor(data: Vec<f32>, rows: usize, cols: usize) -> candle_core::Tensor {

@@ -610,15 +610,7 @@ fn portable_tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
 mod tests {
     use super::*;
 
-    fn lcg(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::model::random::uniform as lcg;
 
     /// q8_0 semantics computed the slow, obvious way: dequantized weights × dequantized activations.
     fn reference(w: &Q8Matrix, x: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
