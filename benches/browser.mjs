@@ -3,7 +3,7 @@
 // results) and the worker's encode/search split. Prints a Markdown table for BENCHMARKS.md.
 //
 //   node benches/browser.mjs --site site [--runs 15] [--images DIR] [--peers out/onnx] [--backend auto|cpu|gpu]
-//                            [--simd auto|relaxed]
+//                            [--simd auto|relaxed] [--threads auto|N]
 //
 // Build the site first (./build.sh builds the demo site into site/). Run on an idle machine: the script
 // refuses to start when the 1-minute load average says something else is running (--force to override).
@@ -11,7 +11,8 @@
 // --peers DIR (text.onnx, text-int8.onnx, vision.onnx, vision-int8.onnx from scripts/export_onnx.py, same
 // model as the site) also runs onnxruntime-web (npm, `npm install --no-save onnxruntime-web`) in the same
 // browser: one thread as on GitHub Pages, and two threads on a cross-origin-isolated server (COOP/COEP),
-// next to tuwen's encode time for a 52-token text and a 224×224 image.
+// next to tuwen's encode time for a 52-token text and a 224×224 image at 1 thread (?threads=1) and at 2
+// (the threaded build, the page isolated through its service worker).
 import { chromium } from 'playwright-core';
 import { cpSync, linkSync, readFileSync, readdirSync, mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
@@ -33,6 +34,8 @@ const peers = option('peers', null);
 const backendChoice = option('backend', 'auto');
 // The page's ?simd=: `relaxed` loads the relaxed-SIMD wasm module where the browser has it.
 const simdChoice = option('simd', 'auto');
+// The page's ?threads=: how many WASM threads at most (auto: every core, where the page is isolated).
+const threadsChoice = option('threads', 'auto');
 // 52 tokens after truncation: the longest text the model reads, as in the issue's targets.
 const LONG_TEXT = '一位穿着红色外套的年轻女子站在雪后的古老城墙上，远处是连绵的群山和淡蓝色的天空，她正在用手机拍摄夕阳下的城市风景，身边还有一只黑白相间的小狗';
 
@@ -78,7 +81,7 @@ async function main() {
   const page = await context.newPage();
   page.on('pageerror', (e) => console.error('page error:', e.message));
   const t0 = Date.now();
-  await page.goto(`${server.url}?backend=${backendChoice}&simd=${simdChoice}`);
+  await page.goto(`${server.url}?backend=${backendChoice}&simd=${simdChoice}&threads=${threadsChoice}`);
   await page.waitForSelector('body[data-ready="true"]', { timeout: 300_000 });
   const ready = Date.now() - t0;
   const backend = `${await page.textContent('#backend')} (${await page.textContent('.backend-reason')})`;
@@ -103,6 +106,23 @@ async function main() {
   const smallImage = [];
   for (let i = 0; i < runs; i++) longText.push(await textQuery(page, `${i}${LONG_TEXT}`));
   for (let i = 0; i < runs; i++) smallImage.push(await imageQuery(page, small));
+  // The encoders alone at 1 and 2 threads, each in a fresh context, for the table next to the peers.
+  const encoderRows = [];
+  if (peers) {
+    for (const threads of [1, 2]) {
+      const own = await browser.newContext();
+      const p = await own.newPage();
+      await p.goto(`${server.url}?backend=cpu&simd=${simdChoice}&threads=${threads}`);
+      await p.waitForSelector('body[data-ready="true"]', { timeout: 300_000 });
+      await textQuery(p, LONG_TEXT);
+      await imageQuery(p, small);
+      const [texts, images] = [[], []];
+      for (let i = 0; i < runs; i++) texts.push((await textQuery(p, `${i}${LONG_TEXT}`)).encode);
+      for (let i = 0; i < runs; i++) images.push((await imageQuery(p, small)).encode);
+      encoderRows.push({ badge: await p.textContent('#backend'), threads, text: median(texts), vision: median(images) });
+      await own.close();
+    }
+  }
   const version = browser.version();
   await browser.close();
   server.stop();
@@ -136,7 +156,7 @@ async function main() {
     console.log('');
     console.log('| engine | weights | threads | text ms | image ms |');
     console.log('|---|---|---|---|---|');
-    console.log(`| tuwen (WASM SIMD) | q8_0 | 1 | ${median(longText.map((x) => x.encode)).toFixed(0)} | ${median(smallImage.map((x) => x.encode)).toFixed(0)} |`);
+    for (const r of encoderRows) console.log(`| tuwen (${r.badge}) | q8_0 | ${r.threads} | ${r.text.toFixed(0)} | ${r.vision.toFixed(0)} |`);
     for (const r of peerRows) console.log(`| onnxruntime-web ${r.version} (wasm) | ${r.weights} | ${r.threads} | ${r.text.toFixed(0)} | ${r.vision.toFixed(0)} |`);
   }
 }

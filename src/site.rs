@@ -44,6 +44,8 @@ pub struct SiteJob {
 
 /// Where the relaxed-SIMD module lands in the site.
 const RELAXED_WASM: &str = "pkg/tuwen_bg_relaxed.wasm";
+/// The threaded build's own package (its JS glue differs: shared memory, the worker pool's snippet).
+const THREADS_PKG: &str = "pkg/threads";
 
 /// What the page reads first; the format is documented in docs/site.md.
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -57,6 +59,10 @@ pub struct Manifest {
     /// where the browser validates relaxed SIMD; absent when the package has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wasm_relaxed: Option<Asset>,
+    /// The threaded build (`pkg/threads/tuwen_bg.wasm`, loaded with `pkg/threads/tuwen.js`), which the worker
+    /// runs on a pool of Web Workers where the page is cross-origin isolated; absent when the package has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm_threads: Option<Asset>,
     pub towers: Towers2<Asset>,
     pub images: Gallery,
     pub texts: Gallery,
@@ -193,6 +199,10 @@ impl SiteJob {
                 path if path.is_file() => Some(self.asset(&path)?),
                 _ => None,
             },
+            wasm_threads: match self.out.join(THREADS_PKG).join("tuwen_bg.wasm") {
+                path if path.is_file() => Some(self.asset(&path)?),
+                _ => None,
+            },
             towers: Towers2 { text: self.asset(&text_gguf)?, vision: self.asset(&vision_gguf)? },
             images: Gallery { bundle: self.asset(&images_path)?, count: images.len() },
             texts: Gallery { bundle: self.asset(&texts_path)?, count: texts.len() },
@@ -277,6 +287,16 @@ impl SiteJob {
             std::fs::copy(&relaxed, self.out.join(RELAXED_WASM)).with_context(|| format!("copying {}", relaxed.display()))?;
         } else if self.out.join(RELAXED_WASM).exists() {
             std::fs::remove_file(self.out.join(RELAXED_WASM))?;
+        }
+        // So is the threaded package, copied whole (glue, module, snippets), never merged with an older one.
+        let threads = self.out.join(THREADS_PKG);
+        if threads.exists() {
+            std::fs::remove_dir_all(&threads).with_context(|| format!("removing the old {}", threads.display()))?;
+        }
+        let built = self.pkg.join("threads");
+        if built.join("tuwen_bg.wasm").is_file() && built.join("tuwen.js").is_file() {
+            std::fs::create_dir_all(&threads)?;
+            copy_files(&built, &threads)?;
         }
         Ok(())
     }

@@ -37,10 +37,10 @@ pub fn resolve_now<F: std::future::Future>(future: F) -> anyhow::Result<F::Outpu
     }
 }
 
-/// Runs `job(0..n)` on rayon's persistent pool natively (every thread busy, no thread started per call),
-/// one after another in wasm (the page's module is single-threaded).
+/// Runs `job(0..n)` on rayon's persistent pool (every thread busy, no thread started per call): natively, and
+/// in the threaded wasm build on its pool of Web Workers; one after another in the single-threaded wasm build.
 pub fn parallel_for(n: usize, job: impl Fn(usize) + Sync + Send) {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     {
         use rayon::prelude::*;
         if n == 1 {
@@ -48,8 +48,16 @@ pub fn parallel_for(n: usize, job: impl Fn(usize) + Sync + Send) {
         }
         (0..n).into_par_iter().for_each(job);
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     (0..n).for_each(job);
+}
+
+/// The threads `parallel_for` runs on: rayon's pool (1 until the page starts one in the threaded wasm build).
+pub fn threads() -> usize {
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+    return rayon::current_num_threads();
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+    1
 }
 
 /// Errors when writing `out` would replace one of `inputs` (the same file under any name: links, `./`,

@@ -62,6 +62,16 @@ pub fn simd_level() -> String {
     if cfg!(target_feature = "relaxed-simd") { "relaxed-simd" } else { "simd128" }.into()
 }
 
+/// Threads the CPU backend's products run on: 1, or the pool `initThreadPool` started (threaded build only).
+#[wasm_bindgen(js_name = threadCount)]
+pub fn thread_count() -> usize {
+    crate::util::threads()
+}
+
+/// Starts the pool of Web Workers sharing this module's memory (threaded build, cross-origin isolated page).
+#[cfg(feature = "threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
 /// A Chinese-CLIP encoder living in wasm memory, its towers on WebGPU or on the CPU (WASM SIMD).
 #[wasm_bindgen]
 pub struct WasmEncoder {

@@ -1,12 +1,36 @@
 //! wasm32 in headless Chromium (wasm-bindgen-test): the tiny fixture loaded from bytes gives the
 //! embeddings the native build gives (tests/fixtures/tiny/native.json, kept current by tests/parity.rs).
+//! Run on all three builds (build.sh): SIMD128, relaxed SIMD, and threads, whose products run on a pool of
+//! Web Workers started by each test (`threads`); the threaded build's tests run in a dedicated worker, as the
+//! page's do, since a thread waiting for the pool may block there and not on a page's main thread.
 #![cfg(target_arch = "wasm32")]
 
 use serde::Deserialize;
 use tuwen::web::WasmEncoder;
 use wasm_bindgen_test::*;
 
+#[cfg(not(target_feature = "atomics"))]
 wasm_bindgen_test_configure!(run_in_browser);
+#[cfg(target_feature = "atomics")]
+wasm_bindgen_test_configure!(run_in_dedicated_worker);
+
+/// Threads the threaded build's pool runs (the page uses every core; two exercise the split and the joins).
+const THREADS: usize = 2;
+
+/// Starts the threaded build's pool once (rayon's global pool can be built once per module instance) and
+/// checks every product now runs on it; the single-threaded builds run on the calling thread.
+async fn threads() {
+    #[cfg(target_feature = "atomics")]
+    {
+        thread_local!(static STARTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+        if !STARTED.get() {
+            wasm_bindgen_futures::JsFuture::from(tuwen::web::init_thread_pool(THREADS)).await.expect("initThreadPool");
+            STARTED.set(true);
+        }
+    }
+    let expected = if cfg!(target_feature = "atomics") { THREADS } else { 1 };
+    assert_eq!(tuwen::web::thread_count(), expected, "threads the products run on");
+}
 
 const CONFIG: &[u8] = include_bytes!("fixtures/tiny/config.json");
 const VOCAB: &[u8] = include_bytes!("fixtures/tiny/vocab.txt");
@@ -84,6 +108,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[wasm_bindgen_test]
 async fn wasm_embeddings_equal_native() {
+    threads().await;
     let native: Native = serde_json::from_str(NATIVE).unwrap();
     let encoder = ok(WasmEncoder::new(CONFIG, VOCAB, WEIGHTS.to_vec(), "both"), "load");
     check(&encoder, &native.f32, 1e-5, 0.99999, "f32").await;
@@ -103,6 +128,7 @@ fn tiny_q8_0() -> Vec<u8> {
 /// The q8_0 GGUF is made in the browser from the same bytes, then run with the simd128 q8_0 kernel.
 #[wasm_bindgen_test]
 async fn wasm_quantized_embeddings_equal_native() {
+    threads().await;
     let native: Native = serde_json::from_str(NATIVE).unwrap();
     let gguf = tiny_q8_0();
     let encoder = ok(WasmEncoder::from_gguf(gguf.clone(), "both".into(), "cpu".into()).await, "load");
@@ -119,7 +145,8 @@ async fn wasm_quantized_embeddings_equal_native() {
 /// This build's q8_0 kernel (simd128, or relaxed SIMD in the second build) against q8_0 arithmetic done the
 /// obvious way, on shapes that are not multiples of the kernel's tiles and row groups, with -128 weights.
 #[wasm_bindgen_test]
-fn wasm_q8_kernel_matches_reference() {
+async fn wasm_q8_kernel_matches_reference() {
+    threads().await;
     use tuwen::model::q8::{Q8Matrix, BLOCK};
     let expected_kernel = if cfg!(target_feature = "relaxed-simd") { "relaxed-simd" } else { "simd128" };
     let mut seed = 7u64;
@@ -174,6 +201,7 @@ fn q8_0_bytes_with_min_quants(weights: &[f32], in_dim: usize) -> Vec<u8> {
 
 #[wasm_bindgen_test]
 async fn wasm_reports_bad_input_as_errors() {
+    threads().await;
     assert!(WasmEncoder::new(b"{", VOCAB, WEIGHTS.to_vec(), "both").is_err());
     assert!(WasmEncoder::new(CONFIG, VOCAB, WEIGHTS[..100].to_vec(), "text").is_err());
     let encoder = ok(WasmEncoder::new(CONFIG, VOCAB, WEIGHTS.to_vec(), "vision"), "load");
@@ -197,6 +225,7 @@ struct Report {
 /// the native ones.
 #[wasm_bindgen_test]
 async fn webgpu_embeddings_match_the_cpu_backend() {
+    threads().await;
     let native: Native = serde_json::from_str(NATIVE).unwrap();
     let f32_gpu = WasmEncoder::load(CONFIG.to_vec(), VOCAB.to_vec(), WEIGHTS.to_vec(), "both".into(), "gpu".into()).await;
     let q8_gpu = WasmEncoder::from_gguf(tiny_q8_0(), "both".into(), "gpu".into()).await;
@@ -210,6 +239,7 @@ async fn webgpu_embeddings_match_the_cpu_backend() {
 /// The kernels on WebGPU against the CPU backend on odd shapes (partial tiles, one row, several blocks).
 #[wasm_bindgen_test]
 async fn webgpu_kernels_match_the_cpu_backend() {
+    threads().await;
     use tuwen::model::backend::{AttentionShape, Backend, Cpu, Gpu};
     use tuwen::model::params::{LinearParams, Matrix};
     use tuwen::model::q8::Q8Matrix;

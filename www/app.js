@@ -191,10 +191,10 @@ async function run(query, { push = true } = {}) {
 }
 
 // The query lives in the URL (?q=…, ?image=…, ?caption=…, &k=…) so a search can be shared; a chosen
-// ?backend= and ?simd= stay.
+// ?backend=, ?simd= and ?threads= stay.
 function saveInUrl(query, k) {
   const params = new URLSearchParams();
-  for (const kept of ['backend', 'simd']) {
+  for (const kept of ['backend', 'simd', 'threads']) {
     const value = new URLSearchParams(location.search).get(kept);
     if (value) params.set(kept, value);
   }
@@ -284,15 +284,42 @@ function showModel(manifest, backend) {
   }
 }
 
+// WASM threads share memory, which browsers give only to cross-origin isolated pages. Static hosts (GitHub
+// Pages) send no COOP/COEP headers, so the service worker adds them to what it serves: the first visit, not
+// yet served by it, reloads once under it. Resolves true when that reload is under way.
+async function isolateThroughServiceWorker(registration, params) {
+  if (self.crossOriginIsolated || !registration || params.get('threads') === '1') return false;
+  if ((navigator.hardwareConcurrency || 1) < 2 || navigator.serviceWorker.controller) return false;
+  // Once per tab session: a page the worker cannot isolate (a hard reload bypasses it) runs on one thread.
+  if (sessionStorage.getItem('tuwen-isolation-reload')) return false;
+  await navigator.serviceWorker.ready;
+  if (!navigator.serviceWorker.controller) {
+    await new Promise((resolve) => navigator.serviceWorker.addEventListener('controllerchange', resolve, { once: true }));
+  }
+  sessionStorage.setItem('tuwen-isolation-reload', '1');
+  location.reload();
+  return true;
+}
+
 async function main() {
+  const params = new URL(location.href).searchParams;
+  let registration = null;
   if ('serviceWorker' in navigator) {
-    navigator.serviceWorker.register('sw.js').catch((e) => showNotice(`离线模式不可用：${e.message}`));
+    registration = await navigator.serviceWorker.register('sw.js').catch((e) => {
+      showNotice(`离线模式不可用：${e.message}`);
+      return null;
+    });
   }
   try {
+    if (await isolateThroughServiceWorker(registration, params)) return;
     const started = performance.now();
-    // ?backend=auto|cpu|gpu: where the encoders run (auto: WebGPU on a real GPU, else WASM SIMD).
-    const params = new URL(location.href).searchParams;
-    const init = await ask('init', { backend: params.get('backend') || 'auto', simd: params.get('simd') || 'auto' });
+    // ?backend=auto|cpu|gpu: where the encoders run (auto: WebGPU on a real GPU, else WASM SIMD);
+    // ?simd=relaxed: the relaxed-SIMD build; ?threads=N: at most N WASM threads (default: every core).
+    const init = await ask('init', {
+      backend: params.get('backend') || 'auto',
+      simd: params.get('simd') || 'auto',
+      threads: params.get('threads') || 'auto',
+    });
     state.manifest = init.manifest;
     state.imageIds = init.images.ids;
     state.textIds = init.texts.ids;

@@ -1,6 +1,7 @@
 // Offline after the first visit: the page shell is kept network-first (updates show when online),
 // versioned assets (models, bundles, wasm: …?v=<hash>) are served from the worker's cache, and
-// thumbnails are cached as they are seen.
+// thumbnails are cached as they are seen. Every response it serves carries COOP/COEP, which makes the page
+// cross-origin isolated (shared memory for WASM threads) on hosts that cannot send headers.
 const SHELL_CACHE = 'tuwen-shell-v1';
 const THUMBNAIL_CACHE = 'tuwen-thumbnails-v1';
 const SHELL = ['./', 'index.html', 'app.js', 'worker.js', 'style.css', 'pkg/tuwen.js', 'manifest.json'];
@@ -38,11 +39,22 @@ async function cacheFirst(request, cacheName) {
   return response;
 }
 
+// The page and its workers are all same-origin, so require-corp blocks nothing the page loads.
+function isolated(response) {
+  if (response.status === 0) return response;
+  const headers = new Headers(response.headers);
+  headers.set('Cross-Origin-Opener-Policy', 'same-origin');
+  headers.set('Cross-Origin-Embedder-Policy', 'require-corp');
+  return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+}
+
 self.addEventListener('fetch', (event) => {
   const { request } = event;
   const url = new URL(request.url);
   if (request.method !== 'GET' || url.origin !== self.location.origin) return;
-  if (url.searchParams.has('v')) event.respondWith(cacheFirst(request, null));
-  else if (url.pathname.includes('/thumbnails/')) event.respondWith(cacheFirst(request, THUMBNAIL_CACHE));
-  else event.respondWith(networkFirst(request));
+  let response;
+  if (url.searchParams.has('v')) response = cacheFirst(request, null);
+  else if (url.pathname.includes('/thumbnails/')) response = cacheFirst(request, THUMBNAIL_CACHE);
+  else response = networkFirst(request);
+  event.respondWith(response.then(isolated));
 });

@@ -1,6 +1,7 @@
 // The worker owns the wasm module: it downloads (with progress) and caches the model towers and the
 // bundles, embeds queries and searches, so the page never freezes while a model loads or runs.
-import init, { WasmEncoder, WasmGallery, openBackend, simdLevel } from './pkg/tuwen.js';
+// The wasm-bindgen glue of the build chosen at start (pkg/tuwen.js, or pkg/threads/tuwen.js for threads).
+let wasm = null;
 
 // Versioned URLs (…?v=<sha256>) are immutable: one cache for all of them, old versions pruned.
 const ASSET_CACHE = 'tuwen-assets-v1';
@@ -114,22 +115,33 @@ const RELAXED_SIMD_PROBE = new Uint8Array([
   0x0b, // end
 ]);
 
-// The wasm module to run: the SIMD128 build, or with ?simd=relaxed the relaxed-SIMD build (8-bit dot
-// products in the q8_0 kernel) where the browser validates it and the site has it. Not the default: in
-// Chromium 156 on an AVX2 machine without VNNI it was no faster than SIMD128 (BENCHMARKS.md).
-function chooseWasm(manifest, simd) {
+// Threads beyond this many buy little for one query's products and cost a worker's memory each.
+const MAX_THREADS = 8;
+
+// The build to run: ?simd=relaxed the relaxed-SIMD module (single-threaded; where the browser validates it and
+// the site has it: in Chromium 156 on an AVX2 machine without VNNI it was no faster than SIMD128), else the
+// threaded SIMD128 build on a pool of Web Workers where the page is cross-origin isolated (shared memory
+// needs it), else the single-threaded SIMD128 build. ?threads=N caps the pool (1: single-threaded build).
+function chooseBuild(manifest, { simd, threads }) {
+  const single = { glue: './pkg/tuwen.js', asset: manifest.wasm, threads: 1, why: '' };
   if (simd === 'relaxed' && manifest.wasm_relaxed && WebAssembly.validate(RELAXED_SIMD_PROBE)) {
-    return manifest.wasm_relaxed;
+    return { ...single, asset: manifest.wasm_relaxed };
   }
-  return manifest.wasm;
+  const cores = navigator.hardwareConcurrency || 1;
+  const asked = /^[0-9]+$/.test(threads || '') ? Number(threads) : cores;
+  const wanted = Math.max(1, Math.min(asked, cores, MAX_THREADS));
+  if (wanted < 2 || !manifest.wasm_threads) return single;
+  if (!self.crossOriginIsolated) return { ...single, why: '页面未跨源隔离（需要 COOP/COEP 或本站的 service worker），只用 1 个线程' };
+  return { glue: './pkg/threads/tuwen.js', asset: manifest.wasm_threads, threads: wanted, why: '' };
 }
 
-// The CPU engine in words: the SIMD the module was built for and the threads it runs on (one: the page runs
-// no wasm threads yet).
+// The CPU engine in words: the SIMD the module was built for and the threads its products run on; and why
+// it runs fewer threads than the device has cores, when that is so.
 let cpuEngine = 'WASM SIMD';
-function describeCpu(level) {
+let cpuNote = '';
+function describeCpu(level, threads) {
   const simd = level === 'relaxed-simd' ? 'relaxed SIMD' : 'SIMD128';
-  return `WASM ${simd} · 1 线程`;
+  return `WASM ${simd} · ${threads} 线程`;
 }
 
 // The backend badge: the Rust side's report ({backend, detail}) in the page's words.
@@ -141,41 +153,52 @@ function describeBackend(report, override) {
   else if (/no GPU adapter/.test(report.detail)) reason = '没有可用的 WebGPU 适配器';
   else if (/fell back/.test(report.detail)) reason = `GPU 设备丢失，已回退到 WASM SIMD（${report.detail}）`;
   else if (/chosen/.test(report.detail)) reason = '已按 ?backend=cpu 使用 WASM SIMD';
+  if (cpuNote) reason = `${reason}；${cpuNote}`;
   return { name: cpuEngine, webgpu: false, reason, detail: report.detail };
 }
 
 // Resolves the page's ?backend= (auto | cpu | gpu) once; the towers then load onto what it found.
 async function detectBackend(choice) {
   if (!['auto', 'cpu', 'gpu'].includes(choice)) choice = 'auto';
-  if (choice !== 'cpu' && !navigator.gpu) return describeBackend(await openBackend('cpu'), '此浏览器未提供 WebGPU');
+  if (choice !== 'cpu' && !navigator.gpu) return describeBackend(await wasm.openBackend('cpu'), '此浏览器未提供 WebGPU');
   try {
-    return describeBackend(await openBackend(choice));
+    return describeBackend(await wasm.openBackend(choice));
   } catch (e) {
-    return describeBackend(await openBackend('cpu'), `WebGPU 不可用（${e.message}），使用 WASM SIMD`);
+    return describeBackend(await wasm.openBackend('cpu'), `WebGPU 不可用（${e.message}），使用 WASM SIMD`);
   }
 }
 
-async function start({ backend: choice, simd }) {
+async function start({ backend: choice, simd, threads }) {
   const response = await fetch('manifest.json', { cache: 'no-cache' }).catch((e) => {
     throw new UserError(`无法读取站点清单 manifest.json：${e.message}`);
   });
   if (!response.ok) throw new UserError(`无法读取站点清单 manifest.json：HTTP ${response.status}`);
   manifest = await response.json();
   if (manifest.version !== 1) throw new UserError(`不支持的站点清单版本 ${manifest.version}`);
-  const wasm = await fetchAsset(chooseWasm(manifest, simd), 'WebAssembly 模块');
+  const build = chooseBuild(manifest, { simd, threads });
+  const bytes = await fetchAsset(build.asset, 'WebAssembly 模块');
   try {
-    await init({ module_or_path: wasm });
+    wasm = await import(build.glue);
+    await wasm.default({ module_or_path: bytes });
   } catch (e) {
     throw new UserError(`WebAssembly 模块无法启动（需要支持 WASM SIMD 的浏览器：Chrome 91+、Firefox 89+、Safari 16.4+）：${e.message}`);
   }
-  cpuEngine = describeCpu(simdLevel());
+  if (build.threads > 1) {
+    try {
+      await wasm.initThreadPool(build.threads);
+    } catch (e) {
+      throw new UserError(`无法启动 ${build.threads} 个 WebAssembly 线程（${e.message}）：加 ?threads=1 以单线程运行`);
+    }
+  }
+  cpuEngine = describeCpu(wasm.simdLevel(), wasm.threadCount());
+  cpuNote = build.why;
   backend = await detectBackend(choice || 'auto');
   const [images, texts] = await Promise.all([
     fetchAsset(manifest.images.bundle, '图片索引'),
     fetchAsset(manifest.texts.bundle, '文本索引'),
   ]);
-  galleries.images = new WasmGallery(images);
-  galleries.texts = new WasmGallery(texts);
+  galleries.images = new wasm.WasmGallery(images);
+  galleries.texts = new wasm.WasmGallery(texts);
   return {
     manifest,
     backend,
@@ -192,11 +215,11 @@ function encoder(tower) {
       let model;
       try {
         try {
-          model = await WasmEncoder.fromGguf(bytes, tower, backend.webgpu ? 'gpu' : 'cpu');
+          model = await wasm.WasmEncoder.fromGguf(bytes, tower, backend.webgpu ? 'gpu' : 'cpu');
         } catch (e) {
           if (!backend.webgpu) throw e;
           // The GPU refused the tower (memory, a lost device): run it on the CPU and say so.
-          model = await WasmEncoder.fromGguf(bytes, tower, 'cpu');
+          model = await wasm.WasmEncoder.fromGguf(bytes, tower, 'cpu');
           model.fellBack = describeBackend({ backend: 'cpu', detail: String(e.message || e) }, `WebGPU 无法加载${label}（${e.message || e}），已改用 WASM SIMD`);
         }
       } catch (e) {

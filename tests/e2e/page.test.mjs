@@ -8,7 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync, mkdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import os, { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { ROOT, TUWEN, CHROMIUM, chromiumArgs, serve } from './support.mjs';
@@ -74,6 +74,12 @@ async function captionResults(page) {
   );
 }
 
+// The badge of the default build: SIMD128 on every core (at most 8) once the page is cross-origin isolated.
+async function expectedCpuBadge(page) {
+  const threads = await page.evaluate(() => (self.crossOriginIsolated ? Math.min(navigator.hardwareConcurrency, 8) : 1));
+  return `WASM SIMD128 · ${threads} 线程`;
+}
+
 function assertSameRanking(page, cli, what) {
   assert.equal(page.length, cli.length, `${what}: result count`);
   page.forEach((hit, i) => {
@@ -85,7 +91,7 @@ function assertSameRanking(page, cli, what) {
 }
 
 before(async () => {
-  for (const needed of [TUWEN, path.join(ROOT, 'pkg/tuwen_bg.wasm'), path.join(ROOT, 'pkg/tuwen_bg_relaxed.wasm')]) {
+  for (const needed of [TUWEN, path.join(ROOT, 'pkg/tuwen_bg.wasm'), path.join(ROOT, 'pkg/tuwen_bg_relaxed.wasm'), path.join(ROOT, 'pkg/threads/tuwen_bg.wasm')]) {
     if (!existsSync(needed)) throw new Error(`${needed} is missing: run ./build.sh test (it builds the CLI and pkg/)`);
   }
   execFileSync(TUWEN, ['demo-gallery', '--out', gallery, '--count', '54'], { stdio: 'inherit' });
@@ -113,7 +119,9 @@ test('the page loads with a progress bar per download, the model card and the ra
   assert.ok(downloads.length >= 3, `wasm + two bundles at least, got ${JSON.stringify(downloads)}`);
   for (const d of downloads) assert.equal(d.value, d.max, `${d.label} finished`);
   assert.equal(await page.isVisible('#random-warning'), true, 'random weights are announced');
-  assert.equal(await page.textContent('#backend'), 'WASM SIMD128 · 1 线程');
+  // The host (`tuwen serve`, like GitHub Pages) sends no COOP/COEP: the service worker isolates the page.
+  assert.equal(await page.evaluate(() => self.crossOriginIsolated), true, 'isolated through the service worker');
+  assert.equal(await page.textContent('#backend'), await expectedCpuBadge(page));
   assert.match(await page.textContent('#model-card'), /tiny.*q8_0/);
   assert.match(await page.textContent('footer'), /54 张图片、54 条文字/);
   await snap(page, '1-loaded');
@@ -218,20 +226,59 @@ test('after one visit the page works offline (service worker + Cache API)', asyn
   await context.close();
 });
 
-test('?simd=relaxed runs the relaxed-SIMD wasm module, with the native CLI\'s results, and the choice stays', async () => {
+// The same text and image queries on the page at `url`: the native CLI's rankings, and the badge says `badge`.
+async function queriesMatchTheCli(url, badge, what) {
   const query = '白色背景上的一个红色圆形';
-  // Chromium has relaxed SIMD (since 114).
-  const { context, page } = await openPage(`${server.url}?simd=relaxed&q=${encodeURIComponent(query)}&k=${K}`);
-  assert.equal(await page.textContent('#backend'), 'WASM relaxed SIMD · 1 线程');
+  const { context, page } = await openPage(`${url}${url.includes('?') ? '&' : '?'}q=${encodeURIComponent(query)}&k=${K}`);
   await page.waitForFunction((k) => document.querySelectorAll('#image-results li.result').length === k, K, { timeout: 120_000 });
-  assertSameRanking(await textResults(page), cliSearch('text', 'images.bundle', ['--text', query], K), 'relaxed SIMD text query');
+  assert.equal(await page.textContent('#backend'), badge, what);
+  assertSameRanking(await textResults(page), cliSearch('text', 'images.bundle', ['--text', query], K), `${what} text query`);
   await page.setInputFiles('#image-input', path.join(gallery, 'images', 'demo-0003.jpg'));
   await page.waitForFunction((k) => document.querySelectorAll('#text-results li.result').length === k, K, { timeout: 120_000 });
   const cliTexts = cliSearch('vision', 'texts.bundle', ['--image', path.join(gallery, 'images', 'demo-0003.jpg')], K);
-  assertSameRanking(await captionResults(page), cliTexts, 'relaxed SIMD image query');
-  assert.match(new URL(page.url()).search, /simd=relaxed/, 'the choice stays in the URL');
+  assertSameRanking(await captionResults(page), cliTexts, `${what} image query`);
   assert.deepEqual(page.errors, []);
+  return { context, page };
+}
+
+test('?simd=relaxed runs the relaxed-SIMD wasm module, with the native CLI\'s results, and the choice stays', async () => {
+  // Chromium has relaxed SIMD (since 114); that build is single-threaded.
+  const { context, page } = await queriesMatchTheCli(`${server.url}?simd=relaxed`, 'WASM relaxed SIMD · 1 线程', 'relaxed SIMD');
+  assert.match(new URL(page.url()).search, /simd=relaxed/, 'the choice stays in the URL');
   await context.close();
+});
+
+test('WASM threads: the isolated page runs the threaded build on every core with the CLI\'s results; ?threads=1 runs one', async () => {
+  const cores = Math.min(os.availableParallelism(), 8);
+  const threaded = await queriesMatchTheCli(server.url, `WASM SIMD128 · ${cores} 线程`, 'threaded build');
+  const loaded = await threaded.page.evaluate(() => performance.getEntriesByType('resource').map((e) => new URL(e.name).pathname));
+  if (cores > 1) assert.ok(loaded.some((p) => p.endsWith('/pkg/threads/tuwen_bg.wasm')), `the threaded module was loaded: ${loaded}`);
+  await threaded.context.close();
+  const single = await queriesMatchTheCli(`${server.url}?threads=1`, 'WASM SIMD128 · 1 线程', '?threads=1');
+  assert.match(new URL(single.page.url()).search, /threads=1/, 'the choice stays in the URL');
+  await single.context.close();
+});
+
+test('without cross-origin isolation (no service worker) the page runs one thread and says why', async () => {
+  const context = await browser.newContext({ serviceWorkers: 'block' });
+  const page = await context.newPage();
+  await page.goto(server.url);
+  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+  assert.equal(await page.evaluate(() => self.crossOriginIsolated), false);
+  assert.equal(await page.textContent('#backend'), 'WASM SIMD128 · 1 线程');
+  if (os.availableParallelism() > 1) assert.match(await page.textContent('.backend-reason'), /未跨源隔离/);
+  await context.close();
+});
+
+test('a host that sends COOP/COEP itself (tuwen serve --isolated) is isolated without the reload', async () => {
+  const isolated = await serve(site, { isolated: true });
+  try {
+    const { context, page } = await queriesMatchTheCli(isolated.url, `WASM SIMD128 · ${Math.min(os.availableParallelism(), 8)} 线程`, 'serve --isolated');
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('tuwen-isolation-reload')), null, 'no reload was needed');
+    await context.close();
+  } finally {
+    isolated.stop();
+  }
 });
 
 test('the backend badge tells the truth with and without WebGPU', async () => {
@@ -250,7 +297,7 @@ test('the backend badge tells the truth with and without WebGPU', async () => {
       const page = await plain.newPage();
       await page.goto(url);
       await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
-      assert.equal(await page.textContent('#backend'), 'WASM SIMD128 · 1 线程', url);
+      assert.equal(await page.textContent('#backend'), await expectedCpuBadge(page), url);
       assert.match(await page.textContent('.backend-reason'), /没有可用的 WebGPU 适配器|未提供 WebGPU|WebGPU 不可用/, url);
       await page.close();
     }

@@ -73,18 +73,29 @@ pub struct Q8Rows {
     wide: Vec<i16>,
 }
 
+/// The larger of `m` and `v`, `m` when `v` is NaN (as `f32::max`), in one comparison everywhere.
+#[inline(always)]
+pub(crate) fn larger(m: f32, v: f32) -> f32 {
+    if v > m {
+        v
+    } else {
+        m
+    }
+}
+
 /// Quantizes one block q8_0's way to `levels` (127 for weights, 63 for activations): scale = max |x| / levels,
 /// values rounded to nearest (ties to even).
 #[inline(always)]
 fn quantize_block(x: &[f32], out: &mut [i8], levels: f32) -> f32 {
-    // Eight running maxima, so the reduction vectorises.
+    // Eight running maxima, so the reduction vectorises. A comparison, not `f32::max`: the same value (NaN
+    // skipped either way), but `f32::max` is a libm call per element on wasm.
     let mut lanes = [0f32; 8];
     for chunk in x.chunks_exact(8) {
         for (m, v) in lanes.iter_mut().zip(chunk) {
-            *m = m.max(v.abs());
+            *m = larger(*m, v.abs());
         }
     }
-    let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
+    let amax = lanes.iter().fold(0f32, |m, &v| larger(m, v));
     let scale = amax / levels;
     let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
     // Adding and subtracting 1.5·2²³ rounds to the nearest integer in plain f32 arithmetic (|v·inv| ≤ levels),
@@ -542,7 +553,7 @@ impl Q8Rows {
         if self.rows == 0 {
             return;
         }
-        #[cfg(not(target_arch = "wasm32"))]
+        #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
         {
             use rayon::prelude::*;
             self.quants
@@ -552,7 +563,7 @@ impl Q8Rows {
                 .with_min_len(8)
                 .for_each(|(row, (q, s))| job(row, q, s));
         }
-        #[cfg(target_arch = "wasm32")]
+        #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
         for (row, (q, s)) in self.quants.chunks_exact_mut(in_dim).zip(self.scales.chunks_exact_mut(blocks)).enumerate() {
             job(row, q, s);
         }
