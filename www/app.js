@@ -284,6 +284,9 @@ function showModel(manifest, backend) {
   }
 }
 
+// How long the first visit waits for its service worker to take control before running without isolation.
+const ISOLATION_WAIT_MS = 5000;
+
 // WASM threads share memory, which browsers give only to cross-origin isolated pages. Static hosts (GitHub
 // Pages) send no COOP/COEP headers, so the service worker adds them to what it serves: the first visit, not
 // yet served by it, reloads once under it. Resolves true when that reload is under way.
@@ -292,10 +295,14 @@ async function isolateThroughServiceWorker(registration, params) {
   if ((navigator.hardwareConcurrency || 1) < 2 || navigator.serviceWorker.controller) return false;
   // Once per tab session: a page the worker cannot isolate (a hard reload bypasses it) runs on one thread.
   if (sessionStorage.getItem('tuwen-isolation-reload')) return false;
-  await navigator.serviceWorker.ready;
-  if (!navigator.serviceWorker.controller) {
-    await new Promise((resolve) => navigator.serviceWorker.addEventListener('controllerchange', resolve, { once: true }));
-  }
+  // A worker that fails to install (its shell files unreachable) never takes control: after a few seconds
+  // the page goes on without isolation rather than wait for it.
+  const controlled = new Promise((resolve) => {
+    if (navigator.serviceWorker.controller) resolve(true);
+    navigator.serviceWorker.addEventListener('controllerchange', () => resolve(true), { once: true });
+    setTimeout(() => resolve(false), ISOLATION_WAIT_MS);
+  });
+  if (!(await controlled)) return false;
   sessionStorage.setItem('tuwen-isolation-reload', '1');
   location.reload();
   return true;

@@ -20,22 +20,25 @@ pub fn tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
 fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
     let k = x.blocks * BLOCK;
     let xq = &x.quants[row0 * k..(row0 + MR) * k];
-    let mut sums = [[0f32; TILE]; MR];
-    // One quarter of the tile's columns (4 i32 lanes) at a time over all of k, so MR running sums and MR
-    // block dot products stay in registers.
-    for quarter in 0..4 {
-        let mut acc = [f32x4_splat(0.0); MR];
-        for b in 0..x.blocks {
-            let wq = &w.quants[b * TILE_BLOCK_BYTES..][..TILE_BLOCK_BYTES];
-            let mut dots = [i32x4_splat(0); MR];
-            for g in 0..BLOCK / 4 {
-                // SAFETY: a group is 64 bytes, a quarter of it 16, in bounds; 4 activation bytes in bounds.
+    // All 16 columns per block, each row's 4 activation bytes splat once per group for the 4 quarters: in V8
+    // this beats one quarter at a time over all of k (fewer registers, but 4 passes over the tile's weights).
+    let mut acc = [[f32x4_splat(0.0); 4]; MR];
+    for b in 0..x.blocks {
+        let wq = &w.quants[b * TILE_BLOCK_BYTES..][..TILE_BLOCK_BYTES];
+        let mut dots = [[i32x4_splat(0); 4]; MR];
+        for g in 0..BLOCK / 4 {
+            // SAFETY: 4 activation bytes of row r's group g, in bounds.
+            let four: [v128; MR] =
+                std::array::from_fn(|r| unsafe { v128_load32_splat(xq.as_ptr().add(r * k + b * BLOCK + g * 4) as *const u32) });
+            for quarter in 0..4 {
+                // SAFETY: a group is 64 bytes, a quarter of it 16, in bounds.
                 let weights = unsafe { v128_load(wq.as_ptr().add(g * TILE * 4 + quarter * 16) as *const v128) };
                 for r in 0..MR {
-                    let four = unsafe { v128_load32_splat(xq.as_ptr().add(r * k + b * BLOCK + g * 4) as *const u32) };
-                    dots[r] = i32x4_relaxed_dot_i8x16_i7x16_add(weights, four, dots[r]);
+                    dots[r][quarter] = i32x4_relaxed_dot_i8x16_i7x16_add(weights, four[r], dots[r][quarter]);
                 }
             }
+        }
+        for quarter in 0..4 {
             // SAFETY: 4 scales and 4 offsets of this quarter's columns, in bounds.
             let (w_scales, w_offsets) = unsafe {
                 (
@@ -44,18 +47,19 @@ fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
                 )
             };
             for r in 0..MR {
-                let exact = i32x4_sub(dots[r], w_offsets);
+                let exact = i32x4_sub(dots[r][quarter], w_offsets);
                 // Multiply, then add (not FMA): the bits every other kernel computes.
                 let scale = f32x4_mul(w_scales, f32x4_splat(x.scales[(row0 + r) * x.blocks + b]));
-                acc[r] = f32x4_add(acc[r], f32x4_mul(f32x4_convert_i32x4(exact), scale));
+                acc[r][quarter] = f32x4_add(acc[r][quarter], f32x4_mul(f32x4_convert_i32x4(exact), scale));
             }
         }
-        for r in 0..MR {
-            // SAFETY: 4 floats of a 16-float array.
-            unsafe { v128_store(sums[r].as_mut_ptr().add(quarter * 4) as *mut v128, acc[r]) };
-        }
     }
-    for (r, sums) in sums.iter().enumerate() {
-        out.write(row0 + r, sums);
+    for r in 0..MR {
+        let mut sums = [0f32; TILE];
+        for quarter in 0..4 {
+            // SAFETY: 4 floats of a 16-float array.
+            unsafe { v128_store(sums.as_mut_ptr().add(quarter * 4) as *mut v128, acc[r][quarter]) };
+        }
+        out.write(row0 + r, &sums);
     }
 }

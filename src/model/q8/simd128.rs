@@ -22,13 +22,10 @@ fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
     // A row's 4 quants of a group (i16) repeated in both halves: [x0 x1 x2 x3 x0 x1 x2 x3].
     // SAFETY: 8 bytes at a group's start, in bounds of `wide`.
     let splat = |r: usize, at: usize| unsafe { v128_load64_splat(wide.as_ptr().add(r * k + at) as *const u64) };
-    let mut sums = [[0f32; TILE]; MR];
-    // One quarter of the tile's columns (4) at a time over all of k: MR running sums and 2·MR block dot
-    // products fit the 16 vector registers engines give wasm (all four quarters at once spilled every step).
-    for quarter in 0..4 {
-        let mut acc = [f32x4_splat(0.0); MR];
-        for b in 0..x.blocks {
-            let wq = &w.quants[b * TILE_BLOCK_BYTES..][..TILE_BLOCK_BYTES];
+    let mut acc = [[f32x4_splat(0.0); 4]; MR];
+    for b in 0..x.blocks {
+        let wq = &w.quants[b * TILE_BLOCK_BYTES..][..TILE_BLOCK_BYTES];
+        for quarter in 0..4 {
             // Lanes: [c0 k01, c0 k23, c1 k01, c1 k23] (low) and the same for c2, c3 (high).
             let mut low = [i32x4_splat(0); MR];
             let mut high = [i32x4_splat(0); MR];
@@ -42,28 +39,26 @@ fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
                     high[r] = i32x4_add(high[r], i32x4_dot_i16x8(hi, xs));
                 }
             }
-            // SAFETY: 4 scales and 4 offsets of this quarter's columns, in bounds.
-            let (w_scales, w_offsets) = unsafe {
-                (
-                    v128_load(w.scales.as_ptr().add(b * TILE + quarter * 4) as *const v128),
-                    v128_load(w.offsets.as_ptr().add(b * TILE + quarter * 4) as *const v128),
-                )
-            };
+            // SAFETY: 4 scales of this quarter, in bounds.
+            let w_scales = unsafe { v128_load(w.scales.as_ptr().add(b * TILE + quarter * 4) as *const v128) };
+            // SAFETY: the same 4 columns' offsets.
+            let w_offsets = unsafe { v128_load(w.offsets.as_ptr().add(b * TILE + quarter * 4) as *const v128) };
             for r in 0..MR {
+                let i = (row0 + r) * x.blocks + b;
                 let columns =
                     i32x4_add(i32x4_shuffle::<0, 2, 4, 6>(low[r], high[r]), i32x4_shuffle::<1, 3, 5, 7>(low[r], high[r]));
                 let exact = i32x4_sub(columns, w_offsets);
-                // Multiply, then add (not FMA): the bits every other kernel computes.
-                let scale = f32x4_mul(w_scales, f32x4_splat(x.scales[(row0 + r) * x.blocks + b]));
-                acc[r] = f32x4_add(acc[r], f32x4_mul(f32x4_convert_i32x4(exact), scale));
+                let scale = f32x4_mul(w_scales, f32x4_splat(x.scales[i]));
+                acc[r][quarter] = f32x4_add(acc[r][quarter], f32x4_mul(f32x4_convert_i32x4(exact), scale));
             }
         }
-        for r in 0..MR {
-            // SAFETY: 4 floats of a 16-float array.
-            unsafe { v128_store(sums[r].as_mut_ptr().add(quarter * 4) as *mut v128, acc[r]) };
-        }
     }
-    for (r, sums) in sums.iter().enumerate() {
-        out.write(row0 + r, sums);
+    for r in 0..MR {
+        let mut sums = [0f32; TILE];
+        for quarter in 0..4 {
+            // SAFETY: 4 floats of a 16-float array.
+            unsafe { v128_store(sums.as_mut_ptr().add(quarter * 4) as *mut v128, acc[r][quarter]) };
+        }
+        out.write(row0 + r, &sums);
     }
 }
