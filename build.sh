@@ -88,7 +88,7 @@ THREADS_RUSTFLAGS='-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-glo
   -C link-arg=--export=__tls_base'
 threads_cargo() {
   RUSTFLAGS=$THREADS_RUSTFLAGS cargo "+$THREADS_TOOLCHAIN" "$@" --release --target wasm32-unknown-unknown \
-    --no-default-features --features threads --target-dir target/wasm-threads -Z build-std=panic_abort,std
+    --no-default-features --features threads --target-dir target/wasm-threads -Z build-std=panic_abort,std,test
 }
 
 build_wasm() {

@@ -23,6 +23,8 @@ mod avx512;
 mod relaxed_simd;
 #[cfg(all(target_arch = "wasm32", not(target_feature = "relaxed-simd")))]
 mod simd128;
+#[cfg(target_arch = "wasm32")]
+mod wasm;
 
 use crate::config::Activation;
 use crate::model::math::activate;
@@ -301,10 +303,8 @@ impl Q8Matrix {
             X86Kernel::Avx2 => return unsafe { avx2::tile(&view, x, rows, out) },
             X86Kernel::Portable => {}
         }
-        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
-        return relaxed_simd::tile(&view, x, rows, out);
-        #[cfg(all(target_arch = "wasm32", not(target_feature = "relaxed-simd")))]
-        return simd128::tile(&view, x, rows, out);
+        #[cfg(target_arch = "wasm32")]
+        return wasm::tile(&view, x, rows, out);
         #[allow(unreachable_code)]
         portable_tile(&view, x, rows, out)
     }
@@ -317,10 +317,8 @@ impl Q8Matrix {
             X86Kernel::Avx2 => "avx2",
             X86Kernel::Portable => "portable",
         };
-        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
-        return "relaxed-simd";
-        #[cfg(all(target_arch = "wasm32", not(target_feature = "relaxed-simd")))]
-        return "simd128";
+        #[cfg(target_arch = "wasm32")]
+        return wasm::NAME;
         #[allow(unreachable_code)]
         "portable"
     }

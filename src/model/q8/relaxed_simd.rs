@@ -5,19 +5,12 @@
 //! only defined when the second operand fits 7 bits, which the activations' 1…127 do (and the largest pair
 //! sum, 2·128·127, fits the i16 that x86 engines compute it through).
 
+use super::wasm::{add_block, write_rows};
 use super::{Q8Rows, TileOut, TileView, BLOCK, TILE, TILE_BLOCK_BYTES};
 use std::arch::wasm32::*;
-use std::ops::Range;
-
-pub fn tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
-    super::for_row_groups(rows, 4, |row, n| match n {
-        4 => self::rows::<4>(w, x, row, out),
-        _ => self::rows::<1>(w, x, row, out),
-    })
-}
 
 #[inline(always)]
-fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
+pub(super) fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
     let k = x.blocks * BLOCK;
     let xq = &x.quants[row0 * k..(row0 + MR) * k];
     // All 16 columns per block, each row's 4 activation bytes splat once per group for the 4 quarters: in V8
@@ -47,19 +40,10 @@ fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
                 )
             };
             for r in 0..MR {
-                let exact = i32x4_sub(dots[r][quarter], w_offsets);
-                // Multiply, then add (not FMA): the bits every other kernel computes.
-                let scale = f32x4_mul(w_scales, f32x4_splat(x.scales[(row0 + r) * x.blocks + b]));
-                acc[r][quarter] = f32x4_add(acc[r][quarter], f32x4_mul(f32x4_convert_i32x4(exact), scale));
+                let x_scale = x.scales[(row0 + r) * x.blocks + b];
+                acc[r][quarter] = add_block(acc[r][quarter], i32x4_sub(dots[r][quarter], w_offsets), w_scales, x_scale);
             }
         }
     }
-    for r in 0..MR {
-        let mut sums = [0f32; TILE];
-        for quarter in 0..4 {
-            // SAFETY: 4 floats of a 16-float array.
-            unsafe { v128_store(sums.as_mut_ptr().add(quarter * 4) as *mut v128, acc[r][quarter]) };
-        }
-        out.write(row0 + r, &sums);
-    }
+    write_rows(&acc, row0, out);
 }

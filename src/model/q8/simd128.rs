@@ -4,19 +4,12 @@
 //! sums, folded into one sum per column at the end of each block. Four rows share every widened weight, and
 //! activations are widened once per product (`Q8Rows::wide`), so a group's four are one 8-byte splat load.
 
+use super::wasm::{add_block, write_rows};
 use super::{Q8Rows, TileOut, TileView, BLOCK, TILE, TILE_BLOCK_BYTES};
 use std::arch::wasm32::*;
-use std::ops::Range;
-
-pub fn tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
-    super::for_row_groups(rows, 4, |row, n| match n {
-        4 => self::rows::<4>(w, x, row, out),
-        _ => self::rows::<1>(w, x, row, out),
-    })
-}
 
 #[inline(always)]
-fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
+pub(super) fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
     let k = x.blocks * BLOCK;
     let wide = &x.wide[row0 * k..(row0 + MR) * k];
     // A row's 4 quants of a group (i16) repeated in both halves: [x0 x1 x2 x3 x0 x1 x2 x3].
@@ -47,18 +40,9 @@ fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
                 let i = (row0 + r) * x.blocks + b;
                 let columns =
                     i32x4_add(i32x4_shuffle::<0, 2, 4, 6>(low[r], high[r]), i32x4_shuffle::<1, 3, 5, 7>(low[r], high[r]));
-                let exact = i32x4_sub(columns, w_offsets);
-                let scale = f32x4_mul(w_scales, f32x4_splat(x.scales[i]));
-                acc[r][quarter] = f32x4_add(acc[r][quarter], f32x4_mul(f32x4_convert_i32x4(exact), scale));
+                acc[r][quarter] = add_block(acc[r][quarter], i32x4_sub(columns, w_offsets), w_scales, x.scales[i]);
             }
         }
     }
-    for r in 0..MR {
-        let mut sums = [0f32; TILE];
-        for quarter in 0..4 {
-            // SAFETY: 4 floats of a 16-float array.
-            unsafe { v128_store(sums.as_mut_ptr().add(quarter * 4) as *mut v128, acc[r][quarter]) };
-        }
-        out.write(row0 + r, &sums);
-    }
+    write_rows(&acc, row0, out);
 }
