@@ -168,6 +168,29 @@ async function detectBackend(choice) {
   }
 }
 
+// How long the pool's Web Workers may take to start before the page runs the single-threaded build.
+const POOL_START_MS = 20_000;
+
+function withTimeout(promise, ms, message) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(message)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+// Downloads (or takes from the cache) a build's module and starts it with its glue.
+async function loadBuild(build) {
+  const bytes = await fetchAsset(build.asset, 'WebAssembly 模块');
+  try {
+    const glue = await import(build.glue);
+    await glue.default({ module_or_path: bytes });
+    return glue;
+  } catch (e) {
+    throw new UserError(`WebAssembly 模块无法启动（需要支持 WASM SIMD 的浏览器：Chrome 91+、Firefox 89+、Safari 16.4+）：${e.message}`);
+  }
+}
+
 async function start({ backend: choice, simd, threads }) {
   const response = await fetch('manifest.json', { cache: 'no-cache' }).catch((e) => {
     throw new UserError(`无法读取站点清单 manifest.json：${e.message}`);
@@ -175,19 +198,17 @@ async function start({ backend: choice, simd, threads }) {
   if (!response.ok) throw new UserError(`无法读取站点清单 manifest.json：HTTP ${response.status}`);
   manifest = await response.json();
   if (manifest.version !== 1) throw new UserError(`不支持的站点清单版本 ${manifest.version}`);
-  const build = chooseBuild(manifest, { simd, threads });
-  const bytes = await fetchAsset(build.asset, 'WebAssembly 模块');
-  try {
-    wasm = await import(build.glue);
-    await wasm.default({ module_or_path: bytes });
-  } catch (e) {
-    throw new UserError(`WebAssembly 模块无法启动（需要支持 WASM SIMD 的浏览器：Chrome 91+、Firefox 89+、Safari 16.4+）：${e.message}`);
-  }
+  let build = chooseBuild(manifest, { simd, threads });
+  wasm = await loadBuild(build);
   if (build.threads > 1) {
     try {
-      await wasm.initThreadPool(build.threads);
+      await withTimeout(wasm.initThreadPool(build.threads), POOL_START_MS, 'timed out');
     } catch (e) {
-      throw new UserError(`无法启动 ${build.threads} 个 WebAssembly 线程（${e.message}）：加 ?threads=1 以单线程运行`);
+      // The pool's workers could not start (a Content-Security-Policy that forbids blob: workers, too little
+      // memory): the single-threaded build still works, and the badge says why it runs on one thread.
+      console.error('WASM threads unavailable:', e);
+      build = { glue: './pkg/tuwen.js', asset: manifest.wasm, threads: 1, why: `无法启动 ${build.threads} 个 WASM 线程（${e.message || e}），只用 1 个线程` };
+      wasm = await loadBuild(build);
     }
   }
   cpuEngine = describeCpu(wasm.simdLevel(), wasm.threadCount());

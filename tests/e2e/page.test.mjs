@@ -285,6 +285,29 @@ test('a host that sends COOP/COEP itself (tuwen serve --isolated) is isolated wi
   }
 });
 
+test('when the pool\'s workers cannot start, the page runs the single-threaded build and says why', async () => {
+  const isolated = await serve(site, { isolated: true });
+  // The pool's workers each import the threaded glue again: refuse them that (the page's worker got it).
+  const context = await browser.newContext({ serviceWorkers: 'block' });
+  let glueFetches = 0;
+  await context.route('**/pkg/threads/tuwen.js', (route) => (++glueFetches === 1 ? route.continue() : route.abort()));
+  try {
+    const page = await context.newPage();
+    await page.goto(`${isolated.url}?q=${encodeURIComponent('红色圆形')}&k=${K}`);
+    await page.waitForSelector('body[data-ready="true"]', { timeout: 90_000 });
+    assert.equal(await page.evaluate(() => self.crossOriginIsolated), true);
+    if (os.availableParallelism() > 1) {
+      assert.ok(glueFetches > 1, 'the pool tried to start');
+      assert.equal(await page.textContent('#backend'), 'WASM SIMD128 · 1 线程');
+      assert.match(await page.textContent('.backend-reason'), /无法启动 \d+ 个 WASM 线程/);
+    }
+    await page.waitForFunction((k) => document.querySelectorAll('#image-results li.result').length === k, K, { timeout: 120_000 });
+  } finally {
+    await context.close();
+    isolated.stop();
+  }
+});
+
 test('the backend badge tells the truth with and without WebGPU', async () => {
   // auto: the only adapter headless Chromium has is SwiftShader, a CPU emulation — WASM SIMD is faster.
   const auto = await openPage(server.url);
