@@ -199,13 +199,14 @@ async function start({ backend: choice, simd, threads }) {
   manifest = await response.json();
   if (manifest.version !== 1) throw new UserError(`不支持的站点清单版本 ${manifest.version}`);
   let build = chooseBuild(manifest, { simd, threads });
-  wasm = await loadBuild(build);
-  if (build.threads > 1) {
+  if (build.threads === 1) wasm = await loadBuild(build);
+  else {
     try {
+      wasm = await loadBuild(build);
       await withTimeout(wasm.initThreadPool(build.threads), POOL_START_MS, 'timed out');
     } catch (e) {
-      // The pool's workers could not start (a Content-Security-Policy that forbids blob: workers, too little
-      // memory): the single-threaded build still works, and the badge says why it runs on one thread.
+      // No shared memory this large, or the pool's workers could not start (a Content-Security-Policy that
+      // forbids blob: workers): the single-threaded build still works, and the badge says why one thread.
       console.error('WASM threads unavailable:', e);
       build = { glue: './pkg/tuwen.js', asset: manifest.wasm, threads: 1, why: `无法启动 ${build.threads} 个 WASM 线程（${e.message || e}），只用 1 个线程` };
       wasm = await loadBuild(build);
