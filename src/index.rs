@@ -51,9 +51,9 @@ const PREPROCESS_RECIPE: &str = "tuwen.preprocess/1 bicubic-no-crop alpha-over-w
 
 impl Items {
     /// Image files of `dir`, stamped now: the stamps key the reuse of earlier work on these files.
-    pub fn images(dir: &Path, ids: Vec<String>) -> Result<Self> {
+    pub fn images(dir: &Path, ids: Vec<String>) -> Self {
         let files = ids.par_iter().map(|id| FileStamp::of(&dir.join(id))).collect();
-        Ok(Items::Images { dir: dir.to_path_buf(), ids, files })
+        Items::Images { dir: dir.to_path_buf(), ids, files }
     }
 }
 

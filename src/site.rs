@@ -172,7 +172,7 @@ impl SiteJob {
         let (images, stamp) = {
             let encoder = Encoder::load_on(&vision_gguf, Towers::Vision, self.backend.clone())?;
             let ids = pairs.iter().map(|(id, _)| id.clone()).collect();
-            let bundle = ensure_bundle(&encoder, Items::images(&self.images, ids)?, &images_path, &opts)?;
+            let bundle = ensure_bundle(&encoder, Items::images(&self.images, ids), &images_path, &opts)?;
             (bundle, encoder.stamp()?)
         };
         if texts.header.model.fingerprint != stamp.fingerprint {

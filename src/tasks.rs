@@ -135,7 +135,7 @@ pub fn task1(
                 Some(list) => teddy::read_image_list(list, dir)?,
                 None => teddy::list_images(dir)?,
             };
-            ensure_bundle(encoder, Items::images(dir, ids)?, &opts.work.join("images.bundle"), opts)?
+            ensure_bundle(encoder, Items::images(dir, ids), &opts.work.join("images.bundle"), opts)?
         }
         (None, None) => bail!("task 1 needs the gallery: --images DIR (with --image-list) or --image-bundle"),
     };
@@ -176,7 +176,7 @@ pub fn task2(
         (None, None) => bail!("task 2 needs the texts: --texts word_data.csv or --text-bundle"),
     };
     let queries_path = opts.work.join("queries.bundle");
-    let queries = ensure_bundle(encoder, Items::images(images, ids.clone())?, &queries_path, opts)?;
+    let queries = ensure_bundle(encoder, Items::images(images, ids.clone()), &queries_path, opts)?;
     require_queries(&queries, ids.len(), &queries_path)?;
     let mut results = rank(&queries, &gallery, RESULTS_PER_QUERY, opts.rerank)?;
     if results.len() < ids.len() {
@@ -259,7 +259,7 @@ pub fn eval(encoder: &Encoder, pairs: &Path, images: &Path, opts: &JobOptions) -
     let rows = teddy::read_pairs(pairs, images)?;
     let ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
     let image_bundle =
-        ensure_bundle(encoder, Items::images(images, ids.clone())?, &opts.work.join("eval-images.bundle"), opts)?;
+        ensure_bundle(encoder, Items::images(images, ids.clone()), &opts.work.join("eval-images.bundle"), opts)?;
     // Texts are keyed by their image's id (unique, checked above).
     let (tids, captions) = rows.into_iter().unzip();
     let text_bundle = ensure_bundle(encoder, Items::Texts { ids: tids, captions }, &opts.work.join("eval-texts.bundle"), opts)?;

@@ -476,7 +476,7 @@ fn index(what: IndexCommand) -> Result<()> {
                 Some(list) => tuwen::teddy::read_image_list(list, &images)?,
                 None => tuwen::teddy::list_images(&images)?,
             };
-            (model, Items::images(&images, ids)?, out, opts)
+            (model, Items::images(&images, ids), out, opts)
         }
         IndexCommand::Texts { model, csv, id_column, out, opts } => {
             tuwen::util::refuse_overwriting(&out, &[&csv, &model])?;
