@@ -136,7 +136,8 @@ test('a text query renders ranked thumbnails with scores, identical to the nativ
   await page.click('#text-search');
   // The first text query downloads and compiles the text tower: on a loaded CI machine that took over 30 s.
   await page.waitForFunction((k) => document.querySelectorAll('#image-results li.result').length === k, K, { timeout: 120_000 });
-  await page.waitForFunction(() => [...document.querySelectorAll('#image-results img')].every((i) => i.complete));
+  // Thumbnails come through the service worker; on a loaded CI machine one took over 30 s once.
+  await page.waitForFunction(() => [...document.querySelectorAll('#image-results img')].every((i) => i.complete), null, { timeout: 120_000 });
   const hits = await textResults(page);
   assertSameRanking(hits, cliSearch('text', 'images.bundle', ['--text', query], K), 'text → image');
   assert.ok(hits.every((h) => h.loaded), 'every thumbnail loaded');
