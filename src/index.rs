@@ -311,9 +311,14 @@ const TEXT_CHUNK: usize = 256;
 
 impl IndexJob<'_> {
     pub fn run(self) -> Result<IndexReport> {
+        let source = self.items.source_hash(self.encoder)?;
+        self.run_with_source(source)
+    }
+
+    /// `run` for a caller that already hashed the items' sources (`Items::source_hash`).
+    pub fn run_with_source(self, source: String) -> Result<IndexReport> {
         let start = std::time::Instant::now();
         let stamp = self.encoder.stamp()?;
-        let source = self.items.source_hash(self.encoder)?;
         let range = self.shard.map_or(0..self.items.len(), |s| s.range(self.items.len()));
         let positions: Vec<usize> = range.collect();
         let header = JournalHeader {

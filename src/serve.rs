@@ -70,8 +70,8 @@ fn servable(root: &Path, real_root: &Path, url: &str) -> Option<PathBuf> {
 const WORKERS: usize = 8;
 
 /// Serves `root` until the process is stopped. `port` 0 picks a free port; `on_ready` gets the URL.
-/// `isolated` adds the COOP/COEP headers that make a page cross-origin isolated (needed by wasm threads,
-/// e.g. multi-threaded onnxruntime-web in the benchmarks; tuwen's page does not need them).
+/// `isolated` adds the COOP/COEP headers that make a page cross-origin isolated (needed by wasm threads:
+/// without them tuwen's page isolates itself through its service worker, with one reload).
 /// Only GET and HEAD are answered (405 otherwise), only with files inside `root`.
 pub fn serve(root: &Path, port: u16, isolated: bool, on_ready: impl FnOnce(&str)) -> Result<()> {
     if !root.join("index.html").is_file() {

@@ -20,17 +20,18 @@ pub struct JobOptions {
 /// The bundle for `items` at `path`: reused when complete and made from the same inputs and model,
 /// otherwise (re)built, resuming an interrupted build.
 pub fn ensure_bundle(encoder: &Encoder, items: Items, path: &Path, opts: &JobOptions) -> Result<Bundle> {
+    let source = items.source_hash(encoder)?;
     if path.exists() {
         let bundle = Bundle::open(path)?;
         let stamp = encoder.stamp()?;
-        if bundle.header.model == stamp && bundle.header.source.as_deref() == Some(&items.source_hash(encoder)?) {
+        if bundle.header.model == stamp && bundle.header.source.as_deref() == Some(&source) {
             eprintln!("reusing {}", path.display());
             return Ok(bundle);
         }
         eprintln!("{} was made from other inputs or another model: rebuilding it", path.display());
     }
     let report = IndexJob { encoder, items, out: path.to_path_buf(), storage: opts.storage, shard: None, progress: opts.progress }
-        .run()?;
+        .run_with_source(source)?;
     eprintln!("{report}");
     Bundle::open(path)
 }

@@ -122,8 +122,11 @@ const MAX_THREADS = 8;
 // the site has it: in Chromium 156 on an AVX2 machine without VNNI it was no faster than SIMD128), else the
 // threaded SIMD128 build on a pool of Web Workers where the page is cross-origin isolated (shared memory
 // needs it), else the single-threaded SIMD128 build. ?threads=N caps the pool (1: single-threaded build).
+// The single-threaded SIMD128 build; `why` says why it runs instead of the threaded one ('' when asked for).
+const singleBuild = (manifest, why = '') => ({ glue: './pkg/tuwen.js', asset: manifest.wasm, threads: 1, why });
+
 function chooseBuild(manifest, { simd, threads }) {
-  const single = { glue: './pkg/tuwen.js', asset: manifest.wasm, threads: 1, why: '' };
+  const single = singleBuild(manifest);
   if (simd === 'relaxed' && manifest.wasm_relaxed && WebAssembly.validate(RELAXED_SIMD_PROBE)) {
     return { ...single, asset: manifest.wasm_relaxed };
   }
@@ -131,7 +134,7 @@ function chooseBuild(manifest, { simd, threads }) {
   const asked = /^[0-9]+$/.test(threads || '') ? Number(threads) : cores;
   const wanted = Math.max(1, Math.min(asked, cores, MAX_THREADS));
   if (wanted < 2 || !manifest.wasm_threads) return single;
-  if (!self.crossOriginIsolated) return { ...single, why: '页面未跨源隔离（需要 COOP/COEP 或本站的 service worker），只用 1 个线程' };
+  if (!self.crossOriginIsolated) return singleBuild(manifest, '页面未跨源隔离（需要 COOP/COEP 或本站的 service worker），只用 1 个线程');
   return { glue: './pkg/threads/tuwen.js', asset: manifest.wasm_threads, threads: wanted, why: '' };
 }
 
@@ -208,7 +211,7 @@ async function start({ backend: choice, simd, threads }) {
       // No shared memory this large, or the pool's workers could not start (a Content-Security-Policy that
       // forbids blob: workers): the single-threaded build still works, and the badge says why one thread.
       console.error('WASM threads unavailable:', e);
-      build = { glue: './pkg/tuwen.js', asset: manifest.wasm, threads: 1, why: `无法启动 ${build.threads} 个 WASM 线程（${e.message || e}），只用 1 个线程` };
+      build = singleBuild(manifest, `无法启动 ${build.threads} 个 WASM 线程（${e.message || e}），只用 1 个线程`);
       wasm = await loadBuild(build);
     }
   }

@@ -6,6 +6,16 @@
 
 use crate::config::Activation;
 
+/// The larger of `m` and `v`, `m` when `v` is NaN (as `f32::max`), in one comparison everywhere.
+#[inline(always)]
+pub(crate) fn larger(m: f32, v: f32) -> f32 {
+    if v > m {
+        v
+    } else {
+        m
+    }
+}
+
 /// `e^x`, within 2 ulp of the true value on [-87, 88]; 0 below -87.3 (so masked attention scores vanish
 /// exactly), saturating at `e^88` above. Cephes' `expf`: x = n·ln2 + r, a degree-6 polynomial for `e^r`.
 #[inline(always)]

@@ -27,7 +27,7 @@ mod simd128;
 mod wasm;
 
 use crate::config::Activation;
-use crate::model::math::activate;
+use crate::model::math::{activate, larger};
 use half::f16;
 use std::ops::Range;
 
@@ -73,16 +73,6 @@ pub struct Q8Rows {
     /// `quants` widened to i16 once, for simd128's i16 dot products.
     #[cfg(all(target_arch = "wasm32", not(target_feature = "relaxed-simd")))]
     wide: Vec<i16>,
-}
-
-/// The larger of `m` and `v`, `m` when `v` is NaN (as `f32::max`), in one comparison everywhere.
-#[inline(always)]
-pub(crate) fn larger(m: f32, v: f32) -> f32 {
-    if v > m {
-        v
-    } else {
-        m
-    }
 }
 
 /// Quantizes one block q8_0's way to `levels` (127 for weights, 63 for activations): scale = max |x| / levels,

@@ -248,7 +248,7 @@ wide_vectors! {
                     Some(mask) => scores.iter_mut().zip(mask).for_each(|(s, m)| *s = *s * scale + m),
                     None => scores.iter_mut().for_each(|s| *s *= scale),
                 }
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| crate::model::q8::larger(m, v));
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| crate::model::math::larger(m, v));
                 for s in scores.iter_mut() {
                     *s = exp(*s - max);
                 }
