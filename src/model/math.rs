@@ -72,9 +72,9 @@ pub fn activate(act: Activation, x: f32) -> f32 {
     }
 }
 
-/// Defines `fn name(args)` whose body is compiled twice, for the baseline and for AVX2, and runs the AVX2
-/// copy when the CPU has it: wider vectors for the same IEEE operations in the same order, so the results
-/// do not change, only the speed.
+/// Defines `fn name(args)` whose body is compiled three times, for the baseline, for AVX2 and for AVX-512,
+/// and runs the widest copy the CPU has: wider vectors for the same IEEE operations in the same order (no
+/// copy may fuse a multiply and an add), so the results do not change, only the speed.
 macro_rules! wide_vectors {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
@@ -85,6 +85,15 @@ macro_rules! wide_vectors {
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn widest($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if $crate::model::math::has_avx512() {
+                    // SAFETY: the CPU has AVX-512 F, BW, DQ and VL.
+                    return unsafe { widest($($arg),*) };
+                }
                 #[target_feature(enable = "avx2")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn wide($($arg: $ty),*) {
@@ -106,6 +115,21 @@ pub fn has_avx2() -> bool {
     use std::sync::OnceLock;
     static AVX2: OnceLock<bool> = OnceLock::new();
     *AVX2.get_or_init(|| is_x86_feature_detected!("avx2"))
+}
+
+/// AVX-512 (F, BW, DQ, VL) for [`wide_vectors`]' widest copy, unless `TUWEN_Q8_KERNEL` asks for a narrower
+/// kernel (`avx2`, `portable`), so one variable takes a whole run back to the narrower code.
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx512() -> bool {
+    use std::sync::OnceLock;
+    static AVX512: OnceLock<bool> = OnceLock::new();
+    *AVX512.get_or_init(|| {
+        !matches!(std::env::var("TUWEN_Q8_KERNEL").as_deref(), Ok("avx2" | "portable"))
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl")
+    })
 }
 
 #[cfg(test)]

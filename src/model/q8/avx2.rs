@@ -16,7 +16,6 @@ pub unsafe fn tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) 
     // SAFETY: the caller checked the CPU's features, which `rows` is compiled for.
     super::for_row_groups(rows, 4, |row, n| unsafe {
         match n {
-            6 => self::rows::<6>(w, x, row, out),
             4 => self::rows::<4>(w, x, row, out),
             _ => self::rows::<1>(w, x, row, out),
         }
@@ -47,7 +46,7 @@ unsafe fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &Til
             let w_scales = _mm256_loadu_ps(w.scales.as_ptr().add(b * TILE + half * 8));
             let w_offsets = _mm256_loadu_si256(w.offsets.as_ptr().add(b * TILE + half * 8) as *const __m256i);
             for r in 0..MR {
-                let exact = _mm256_sub_epi32(dots[r], w_offsets);
+                let exact = _mm256_add_epi32(dots[r], w_offsets);
                 // Multiply, then add (not FMA): the bits every other kernel computes.
                 let scale = _mm256_mul_ps(w_scales, _mm256_set1_ps(x.scales[(row0 + r) * x.blocks + b]));
                 acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(exact), scale));

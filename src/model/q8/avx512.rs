@@ -51,7 +51,7 @@ unsafe fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &Til
     let mut acc = [_mm512_setzero_ps(); MR];
     for b in 0..x.blocks {
         let wq = w.quants.as_ptr().add(b * TILE_BLOCK_BYTES);
-        let mut dots = [_mm512_setzero_si512(); MR];
+        let mut dots = [_mm512_loadu_si512(w.offsets.as_ptr().add(b * TILE) as *const _); MR];
         for g in 0..BLOCK / 4 {
             let weights = _mm512_loadu_si512(wq.add(g * TILE * 4) as *const _);
             for r in 0..MR {
@@ -60,10 +60,9 @@ unsafe fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &Til
             }
         }
         let w_scales = _mm512_loadu_ps(w.scales.as_ptr().add(b * TILE));
-        let w_offsets = _mm512_loadu_si512(w.offsets.as_ptr().add(b * TILE) as *const _);
         for r in 0..MR {
             let i = (row0 + r) * x.blocks + b;
-            let exact = _mm512_sub_epi32(dots[r], w_offsets);
+            let exact = dots[r];
             let scale = _mm512_mul_ps(w_scales, _mm512_set1_ps(x.scales[i]));
             // Multiply, then add (not FMA): the bits every other kernel computes.
             acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_cvtepi32_ps(exact), scale));
@@ -73,5 +72,65 @@ unsafe fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &Til
         let mut sums = [0f32; TILE];
         _mm512_storeu_ps(sums.as_mut_ptr(), acc[r]);
         out.write(row0 + r, &sums);
+    }
+}
+
+/// Two neighbouring tiles (32 columns) at once: each broadcast activation feeds two `vpdpbusd`, and each
+/// row's scale is broadcast once for both.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn tile_pair(w: &[TileView; 2], x: &Q8Rows, rows: Range<usize>, out: &[TileOut]) {
+    // SAFETY: the caller checked the CPU's features, which `pair_rows` is compiled for.
+    super::for_row_groups(rows, PAIR_ROWS, |row, n| unsafe {
+        match n {
+            PAIR_ROWS => self::pair_rows::<PAIR_ROWS>(w, x, row, out),
+            4 => self::pair_rows::<4>(w, x, row, out),
+            _ => self::pair_rows::<1>(w, x, row, out),
+        }
+    })
+}
+
+/// Rows per step of the two-tile kernel: 2·6 block sums, 2·6 running sums, 2 weight vectors and a broadcast
+/// fit the 32 zmm registers.
+const PAIR_ROWS: usize = 6;
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn pair_rows<const MR: usize>(w: &[TileView; 2], x: &Q8Rows, row0: usize, out: &[TileOut]) {
+    let k = x.blocks * BLOCK;
+    let xq = x.quants.as_ptr().add(row0 * k);
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for b in 0..x.blocks {
+        let wq = [w[0].quants.as_ptr().add(b * TILE_BLOCK_BYTES), w[1].quants.as_ptr().add(b * TILE_BLOCK_BYTES)];
+        // Each block's sums start at minus what the activations' `+ 64` adds (`64 · Σw`, stored negated).
+        let start = [
+            _mm512_loadu_si512(w[0].offsets.as_ptr().add(b * TILE) as *const _),
+            _mm512_loadu_si512(w[1].offsets.as_ptr().add(b * TILE) as *const _),
+        ];
+        let mut dots = [start; MR];
+        for g in 0..BLOCK / 4 {
+            let weights =
+                [_mm512_loadu_si512(wq[0].add(g * TILE * 4) as *const _), _mm512_loadu_si512(wq[1].add(g * TILE * 4) as *const _)];
+            for r in 0..MR {
+                let four = _mm512_set1_epi32((xq.add(r * k + b * BLOCK + g * 4) as *const i32).read_unaligned());
+                dots[r][0] = _mm512_dpbusd_epi32(dots[r][0], four, weights[0]);
+                dots[r][1] = _mm512_dpbusd_epi32(dots[r][1], four, weights[1]);
+            }
+        }
+        for t in 0..2 {
+            let w_scales = _mm512_loadu_ps(w[t].scales.as_ptr().add(b * TILE));
+            for r in 0..MR {
+                let exact = dots[r][t];
+                let scale = _mm512_mul_ps(w_scales, _mm512_set1_ps(x.scales[(row0 + r) * x.blocks + b]));
+                // Multiply, then add (not FMA): the bits every other kernel computes.
+                acc[r][t] = _mm512_add_ps(acc[r][t], _mm512_mul_ps(_mm512_cvtepi32_ps(exact), scale));
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for t in 0..2 {
+            let mut sums = [0f32; TILE];
+            _mm512_storeu_ps(sums.as_mut_ptr(), acc[t]);
+            out[t].write(row0 + r, &sums);
+        }
     }
 }

@@ -55,8 +55,8 @@ pub struct Q8Matrix {
     quants: Vec<i8>,
     /// `[tile][block][column (16)]`.
     scales: Vec<f32>,
-    /// `[tile][block][column (16)]`: `64 · Σ quants` of the block, what the activations' `+ 64` adds to a
-    /// block's dot product.
+    /// `[tile][block][column (16)]`: `−64 · Σ quants` of the block, minus what the activations' `+ 64` adds to
+    /// a block's dot product: where each block's exact sum starts.
     offsets: Vec<i32>,
 }
 
@@ -124,7 +124,7 @@ impl Q8Matrix {
                     quants[base + (k / 4) * TILE * 4 + lane * 4 + k % 4] = v;
                 }
                 scales[(tile * blocks + b) * TILE + lane] = scale;
-                offsets[(tile * blocks + b) * TILE + lane] = ACT_OFFSET * q.iter().map(|&v| v as i32).sum::<i32>();
+                offsets[(tile * blocks + b) * TILE + lane] = -ACT_OFFSET * q.iter().map(|&v| v as i32).sum::<i32>();
             }
         }
         Self { out_dim, in_dim, quants, scales, offsets }
@@ -249,7 +249,9 @@ impl Q8Matrix {
         let job = |j: usize| {
             let (row_chunk, tile_chunk) = (j / tile_chunks, j % tile_chunks);
             let row_range = row_chunk * ROWS_PER_JOB..((row_chunk + 1) * ROWS_PER_JOB).min(rows);
-            for tile in tile_chunk * TILES_PER_JOB..((tile_chunk + 1) * TILES_PER_JOB).min(tiles) {
+            let tiles = tile_chunk * TILES_PER_JOB..((tile_chunk + 1) * TILES_PER_JOB).min(tiles);
+            let outs: [TileOut; TILES_PER_JOB] = std::array::from_fn(|i| {
+                let tile = (tiles.start + i).min(tiles.end - 1);
                 let columns = (self.out_dim - tile * TILE).min(TILE);
                 let mut tile_bias = [0f32; TILE];
                 if let Some(b) = epilogue.bias {
@@ -257,7 +259,7 @@ impl Q8Matrix {
                 }
                 // SAFETY: each job writes only its rows of its tiles' columns, so jobs never overlap; the
                 // residual is only read.
-                let dst = unsafe {
+                unsafe {
                     TileOut {
                         first: out_ptr.at(tile * TILE),
                         stride: self.out_dim,
@@ -266,9 +268,9 @@ impl Q8Matrix {
                         act: epilogue.act,
                         residual: residual_ptr.at(tile * TILE),
                     }
-                };
-                self.tile_kernel(x, tile, row_range.clone(), &dst);
-            }
+                }
+            });
+            self.tiles_kernel(x, tiles.clone(), row_range, &outs[..tiles.len()]);
         };
         crate::util::parallel_for(rows.div_ceil(ROWS_PER_JOB) * tile_chunks, job);
     }
@@ -284,19 +286,45 @@ impl Q8Matrix {
 
     /// Rows `rows` of one 16-column tile of the product, by the fastest kernel this CPU has. All kernels
     /// compute the same bits.
+    #[cfg(test)]
     fn tile_kernel(&self, x: &Q8Rows, tile: usize, rows: Range<usize>, out: &TileOut) {
-        let view = self.tile_view(tile);
+        self.tiles_kernel(x, tile..tile + 1, rows, std::slice::from_ref(out))
+    }
+
+    /// Rows `rows` of consecutive tiles `tiles` (`outs[i]` receives tile `tiles.start + i`), by the fastest
+    /// kernel this CPU has; a kernel may compute neighbouring tiles together so that each activation it
+    /// loads serves more columns. All kernels compute the same bits.
+    fn tiles_kernel(&self, x: &Q8Rows, tiles: Range<usize>, rows: Range<usize>, outs: &[TileOut]) {
+        debug_assert_eq!(tiles.len(), outs.len());
         #[cfg(target_arch = "x86_64")]
-        match best_x86_kernel() {
-            // SAFETY: the CPU has the features each kernel is compiled for.
-            X86Kernel::Avx512Vnni => return unsafe { avx512::tile(&view, x, rows, out) },
-            X86Kernel::Avx2 => return unsafe { avx2::tile(&view, x, rows, out) },
-            X86Kernel::Portable => {}
+        if best_x86_kernel() == X86Kernel::Avx512Vnni {
+            let mut pairs = outs.chunks_exact(2);
+            for (i, pair) in pairs.by_ref().enumerate() {
+                let tile = tiles.start + 2 * i;
+                let views = [self.tile_view(tile), self.tile_view(tile + 1)];
+                // SAFETY: the CPU has the features the kernel is compiled for.
+                unsafe { avx512::tile_pair(&views, x, rows.clone(), pair) };
+            }
+            if let [last] = pairs.remainder() {
+                // SAFETY: as above.
+                unsafe { avx512::tile(&self.tile_view(tiles.end - 1), x, rows, last) };
+            }
+            return;
         }
-        #[cfg(target_arch = "wasm32")]
-        return wasm::tile(&view, x, rows, out);
-        #[allow(unreachable_code)]
-        portable_tile(&view, x, rows, out)
+        for (tile, out) in tiles.zip(outs) {
+            let view = self.tile_view(tile);
+            #[cfg(target_arch = "x86_64")]
+            match best_x86_kernel() {
+                // SAFETY: the CPU has the features each kernel is compiled for.
+                X86Kernel::Avx512Vnni => unsafe { avx512::tile(&view, x, rows.clone(), out) },
+                X86Kernel::Avx2 => unsafe { avx2::tile(&view, x, rows.clone(), out) },
+                X86Kernel::Portable => portable_tile(&view, x, rows.clone(), out),
+            }
+            #[cfg(target_arch = "wasm32")]
+            wasm::tile(&view, x, rows.clone(), out);
+            #[cfg(not(any(target_arch = "x86_64", target_arch = "wasm32")))]
+            portable_tile(&view, x, rows.clone(), out);
+        }
     }
 
     /// The kernel this matrix runs on here, by name (for benchmarks and logs).
@@ -428,7 +456,12 @@ impl TileOut {
                     *x += *self.residual.add(row * self.stride + c);
                 }
             }
-            std::ptr::copy_nonoverlapping(v.as_ptr(), self.first.add(row * self.stride), self.columns);
+            // A whole tile is a fixed-size copy (inlined stores); only a matrix's last tile may be partial.
+            if self.columns == TILE {
+                (self.first.add(row * self.stride) as *mut [f32; TILE]).write_unaligned(v);
+            } else {
+                std::ptr::copy_nonoverlapping(v.as_ptr(), self.first.add(row * self.stride), self.columns);
+            }
         }
     }
 }
@@ -588,7 +621,7 @@ fn portable_tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
         let xq = x.row(row);
         for b in 0..x.blocks {
             let wq = &w.quants[b * TILE_BLOCK_BYTES..][..TILE_BLOCK_BYTES];
-            let mut dots = [0i32; TILE];
+            let mut dots: [i32; TILE] = w.offsets[b * TILE..][..TILE].try_into().unwrap();
             for g in 0..BLOCK / 4 {
                 for (c, dot) in dots.iter_mut().enumerate() {
                     for j in 0..4 {
@@ -598,7 +631,7 @@ fn portable_tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
             }
             let x_scale = x.scales[row * x.blocks + b];
             for c in 0..TILE {
-                sum[c] += (dots[c] - w.offsets[b * TILE + c]) as f32 * (w.scales[b * TILE + c] * x_scale);
+                sum[c] += dots[c] as f32 * (w.scales[b * TILE + c] * x_scale);
             }
         }
         out.write(row, &sum);
@@ -664,6 +697,38 @@ mod tests {
                     portable_tile(&w.tile_view(tile), &x, 0..rows, &to(&mut slow));
                     assert_eq!(fast, slow, "{} kernel, {rows} rows, tile {tile}, {act:?}", w.kernel_name());
                 }
+            }
+        }
+    }
+
+    /// Kernels that compute neighbouring tiles together (AVX-512's pairs) give each tile the portable bits,
+    /// odd tile counts and a partial last tile included.
+    #[test]
+    fn tiles_computed_together_are_the_portable_bits() {
+        let in_dim = 96;
+        for out_dim in [16, 40, 64] {
+            let w = Q8Matrix::quantize(out_dim, in_dim, &lcg(11, out_dim * in_dim));
+            for rows in [1, 4, 5, 6, 7, 12, 13, 64] {
+                let x = Q8Rows::quantize(&lcg(12, rows * in_dim), rows, in_dim);
+                let residual = lcg(13, rows * out_dim);
+                let (mut fast, mut slow) = (vec![0f32; rows * out_dim], vec![0f32; rows * out_dim]);
+                let outs = |buf: &mut Vec<f32>| -> Vec<TileOut> {
+                    (0..w.tiles())
+                        .map(|t| TileOut {
+                            first: buf[t * TILE..].as_mut_ptr(),
+                            stride: out_dim,
+                            columns: (out_dim - t * TILE).min(TILE),
+                            bias: std::array::from_fn(|c| (t * TILE + c) as f32 * 0.125),
+                            act: Some(Activation::Gelu),
+                            residual: residual[t * TILE..].as_ptr(),
+                        })
+                        .collect()
+                };
+                w.tiles_kernel(&x, 0..w.tiles(), 0..rows, &outs(&mut fast));
+                for (t, out) in outs(&mut slow).iter().enumerate() {
+                    portable_tile(&w.tile_view(t), &x, 0..rows, out);
+                }
+                assert_eq!(fast, slow, "{} kernel, {rows} rows, {out_dim} columns", w.kernel_name());
             }
         }
     }

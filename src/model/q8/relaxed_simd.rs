@@ -41,7 +41,7 @@ pub(super) fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: 
             };
             for r in 0..MR {
                 let x_scale = x.scales[(row0 + r) * x.blocks + b];
-                acc[r][quarter] = add_block(acc[r][quarter], i32x4_sub(dots[r][quarter], w_offsets), w_scales, x_scale);
+                acc[r][quarter] = add_block(acc[r][quarter], i32x4_add(dots[r][quarter], w_offsets), w_scales, x_scale);
             }
         }
     }

@@ -40,7 +40,7 @@ pub(super) fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: 
                 let i = (row0 + r) * x.blocks + b;
                 let columns =
                     i32x4_add(i32x4_shuffle::<0, 2, 4, 6>(low[r], high[r]), i32x4_shuffle::<1, 3, 5, 7>(low[r], high[r]));
-                acc[r][quarter] = add_block(acc[r][quarter], i32x4_sub(columns, w_offsets), w_scales, x.scales[i]);
+                acc[r][quarter] = add_block(acc[r][quarter], i32x4_add(columns, w_offsets), w_scales, x.scales[i]);
             }
         }
     }

@@ -61,13 +61,29 @@ pub fn epilogue(row: &mut [f32], bias: Option<&[f32]>, act: Option<Activation>, 
 const DENSE_ROWS: usize = 4;
 const DENSE_COLUMNS: usize = 16;
 
-/// `out[r] = epilogue(x[r] · W)` with `w_t` the weights transposed, `[in, out]`: each value summed over k in
-/// order, so the f32 path is deterministic too.
+/// Weights `[out, in]` (row-major) → blocks of `DENSE_COLUMNS` output columns, each `[in][DENSE_COLUMNS]`
+/// contiguous (the last block padded with zero columns), so the dense kernel reads its weights in order:
+/// rows of a transposed `[in, out]` matrix lie `out` floats apart, a stride that maps them onto a few L1 sets.
+pub fn pack_dense(weight: &[f32], out_dim: usize, in_dim: usize) -> Vec<f32> {
+    assert_eq!(weight.len(), out_dim * in_dim);
+    let blocks = out_dim.div_ceil(DENSE_COLUMNS);
+    let mut packed = vec![0f32; blocks * in_dim * DENSE_COLUMNS];
+    for (o, row) in weight.chunks_exact(in_dim).enumerate() {
+        let (block, c) = (o / DENSE_COLUMNS, o % DENSE_COLUMNS);
+        for (k, &w) in row.iter().enumerate() {
+            packed[(block * in_dim + k) * DENSE_COLUMNS + c] = w;
+        }
+    }
+    packed
+}
+
+/// `out[r] = epilogue(x[r] · Wᵀ)` with `packed` from [`pack_dense`]: each value summed over k in order, so
+/// the f32 path is deterministic too.
 #[allow(clippy::too_many_arguments)]
 pub fn dense(
     x: &[f32],
     rows: usize,
-    w_t: &[f32],
+    packed: &[f32],
     in_dim: usize,
     out_dim: usize,
     bias: Option<&[f32]>,
@@ -88,7 +104,7 @@ pub fn dense(
             (rows - r0).min(DENSE_ROWS),
             columns.start,
             columns.end,
-            w_t,
+            packed,
             in_dim,
             out_dim,
             bias,
@@ -100,17 +116,16 @@ pub fn dense(
 }
 
 wide_vectors! {
-    /// Rows `r0..r0 + nr` (≤ 4) × columns `c_start..c_end` of a dense product, 4 × 16 values at a time in
-    /// registers.
-    fn dense_block(x: &[f32], r0: usize, nr: usize, c_start: usize, c_end: usize, w_t: &[f32], in_dim: usize, out_dim: usize,
+    /// Rows `r0..r0 + nr` (≤ 4) × columns `c_start..c_end` (whole blocks but the last) of a dense product,
+    /// 4 × 16 values at a time in registers.
+    fn dense_block(x: &[f32], r0: usize, nr: usize, c_start: usize, c_end: usize, packed: &[f32], in_dim: usize, out_dim: usize,
         bias: Option<&[f32]>, act: Option<Activation>, residual: Option<&[f32]>, out: SendPtr) {
         let mut c0 = c_start;
         while c0 < c_end {
             let nc = (c_end - c0).min(DENSE_COLUMNS);
+            let block = &packed[(c0 / DENSE_COLUMNS) * in_dim * DENSE_COLUMNS..][..in_dim * DENSE_COLUMNS];
             let mut acc = [[0f32; DENSE_COLUMNS]; DENSE_ROWS];
-            for k in 0..in_dim {
-                let mut w = [0f32; DENSE_COLUMNS];
-                w[..nc].copy_from_slice(&w_t[k * out_dim + c0..][..nc]);
+            for (k, w) in block.chunks_exact(DENSE_COLUMNS).enumerate() {
                 for r in 0..DENSE_ROWS.min(nr) {
                     let xv = x[(r0 + r) * in_dim + k];
                     for c in 0..DENSE_COLUMNS {
@@ -203,26 +218,32 @@ pub fn attention(qkv: &[f32], batch: usize, seq: usize, heads: usize, mask_bias:
 /// chains to hide the add latency, each key row loaded once for 4 queries.
 const KEYS: usize = 16;
 const QUERIES: usize = 4;
-/// Output dimensions per register block of `P·V` (a whole 64-dimension head in 8 AVX2 registers).
+/// Output dimensions per register block of `P·V` (a whole 64-dimension head: 4 AVX-512 registers per query).
 const VALUES: usize = 64;
+/// Queries per pass of `P·V` over the values: 2 × 64 running sums fit AVX-512's registers (8) and AVX2's (16).
+const PAIR: usize = 2;
 
 wide_vectors! {
     /// One (sequence, head): the head's keys transposed once into `[head_dim, seq]` so the scores of 4 queries
     /// are computed 16 keys at a time in registers (each score summed over the head's dimensions in order);
-    /// scale + mask + softmax fused; `P·V` accumulated in one row.
+    /// scale + mask + softmax fused; `P·V` for 4 queries at once over a contiguous copy of the head's values.
     fn attention_head(qkv: &[f32], b: usize, h: usize, seq: usize, hidden: usize, head_dim: usize, mask: Option<&[f32]>,
         scratch: &mut Vec<f32>, out: SendPtr) {
         let scale = 1.0 / (head_dim as f32).sqrt();
         let row = |i: usize, part: usize| &qkv[(b * seq + i) * 3 * hidden + part * hidden + h * head_dim..][..head_dim];
         let padded = seq.div_ceil(KEYS) * KEYS;
-        scratch.resize(head_dim * padded + QUERIES * padded + head_dim, 0.0);
+        scratch.resize(head_dim * padded + QUERIES * padded + seq * head_dim, 0.0);
         let (keys_t, rest) = scratch.split_at_mut(head_dim * padded);
-        let (scores, acc) = rest.split_at_mut(QUERIES * padded);
+        let (scores, values) = rest.split_at_mut(QUERIES * padded);
+        // The head's values copied together: in `qkv` their rows lie 3·hidden floats apart, a stride that maps
+        // them onto a few L1 sets.
         for j in 0..seq {
             for (d, &k) in row(j, 1).iter().enumerate() {
                 keys_t[d * padded + j] = k;
             }
+            values[j * head_dim..][..head_dim].copy_from_slice(row(j, 2));
         }
+        let mut inv = [0f32; QUERIES];
         for i0 in (0..seq).step_by(QUERIES) {
             let queries = (seq - i0).min(QUERIES);
             // A last group of fewer than 4 repeats its first query in the spare slots (computed, not used).
@@ -252,32 +273,44 @@ wide_vectors! {
                 for s in scores.iter_mut() {
                     *s = exp(*s - max);
                 }
-                let inv = 1.0 / sum(scores);
-                // P·V, 64 output dimensions at a time summed in registers over every key (in key order).
+                inv[n] = 1.0 / sum(scores);
+            }
+            // P·V, PAIR queries and VALUES output dimensions at a time, summed in registers over every key in
+            // key order; each value row loaded once for both queries.
+            for n0 in (0..queries).step_by(PAIR) {
                 for d0 in (0..head_dim).step_by(VALUES) {
                     let width = (head_dim - d0).min(VALUES);
-                    let mut sums = [0f32; VALUES];
+                    let mut sums = [[0f32; VALUES]; PAIR];
+                    let p = |n: usize, j: usize| scores[(n0 + n).min(QUERIES - 1) * padded + j];
                     if width == VALUES {
-                        for (j, &p) in scores.iter().enumerate() {
-                            let v = &row(j, 2)[d0..d0 + VALUES];
-                            for c in 0..VALUES {
-                                sums[c] += p * v[c];
+                        for j in 0..seq {
+                            let v = &values[j * head_dim + d0..][..VALUES];
+                            for (n, sums) in sums.iter_mut().enumerate() {
+                                let p = p(n, j);
+                                for c in 0..VALUES {
+                                    sums[c] += p * v[c];
+                                }
                             }
                         }
                     } else {
-                        for (j, &p) in scores.iter().enumerate() {
-                            for (a, v) in sums.iter_mut().zip(&row(j, 2)[d0..]) {
-                                *a += p * v;
+                        for j in 0..seq {
+                            let v = &values[j * head_dim + d0..][..width];
+                            for (n, sums) in sums.iter_mut().enumerate() {
+                                let p = p(n, j);
+                                for (a, v) in sums.iter_mut().zip(v) {
+                                    *a += p * v;
+                                }
                             }
                         }
                     }
-                    acc[d0..d0 + width].copy_from_slice(&sums[..width]);
-                }
-                // SAFETY: the (sequence, head) job owns these columns of these rows.
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(out.at((b * seq + i0 + n) * hidden + h * head_dim), head_dim) };
-                for (d, a) in dst.iter_mut().zip(acc.iter()) {
-                    *d = a * inv;
+                    for (n, sums) in sums.iter().enumerate().take(queries - n0) {
+                        let row = i0 + n0 + n;
+                        // SAFETY: the (sequence, head) job owns these columns of these rows.
+                        let dst = unsafe { std::slice::from_raw_parts_mut(out.at((b * seq + row) * hidden + h * head_dim + d0), width) };
+                        for (d, a) in dst.iter_mut().zip(sums) {
+                            *d = a * inv[n0 + n];
+                        }
+                    }
                 }
             }
         }
@@ -285,7 +318,7 @@ wide_vectors! {
 }
 
 thread_local! {
-    /// One head's transposed keys, 4 queries' scores and an output row, per thread.
+    /// One head's transposed keys, 4 queries' scores and the head's values, per thread.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 

@@ -35,8 +35,8 @@ impl CpuTensor {
 
 /// A dense layer as the CPU multiplies it.
 pub enum CpuLinear {
-    /// f32 weights transposed to `[in, out]` (rows of the product's right-hand side, read in order).
-    Dense { weight_t: Vec<f32>, bias: Option<Vec<f32>>, in_dim: usize, out_dim: usize },
+    /// f32 weights packed by [`kernels::pack_dense`]: 16 columns at a time, each block's `[in][16]` contiguous.
+    Dense { packed: Vec<f32>, bias: Option<Vec<f32>>, in_dim: usize, out_dim: usize },
     /// q8_0 weights packed for the kernels; the bias is added as each tile is stored.
     Quantized { weight: Arc<Q8Matrix>, bias: Option<Vec<f32>> },
 }
@@ -102,9 +102,9 @@ impl Cpu {
                     }
                 }
             }
-            CpuLinear::Dense { weight_t, bias, .. } => {
+            CpuLinear::Dense { packed, bias, .. } => {
                 let x = x.expect("dense products take f32 input");
-                kernels::dense(&x.data, rows, weight_t, in_dim, out_dim, bias.as_deref(), act, residual, &mut out.data);
+                kernels::dense(&x.data, rows, packed, in_dim, out_dim, bias.as_deref(), act, residual, &mut out.data);
             }
         }
         Ok(out)
@@ -130,8 +130,8 @@ impl Backend for Cpu {
                     p.out_dim,
                     p.in_dim
                 );
-                let weight_t = weight.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-                CpuLinear::Dense { weight_t, bias: p.bias, in_dim, out_dim }
+                let packed = kernels::pack_dense(&weight.flatten_all()?.to_vec1::<f32>()?, out_dim, in_dim);
+                CpuLinear::Dense { packed, bias: p.bias, in_dim, out_dim }
             }
             Matrix::Quantized(weight) => CpuLinear::Quantized { weight, bias: p.bias },
         })
