@@ -1,6 +1,7 @@
 //! The q8_0 tile kernel on AVX-512 VNNI: one `vpdpbusd` multiplies 4 broadcast activation quants (u8, 7-bit
 //! + 64) of one row by 4 k-values of all 16 columns (i8 weights), summing in i32 lanes, so a block of 32 is 8
-//! instructions per row; up to 8 rows share every weight load.
+//! instructions per row; up to 8 rows share every weight load (6 rows when two neighbouring tiles are computed
+//! together, so that each broadcast activation word feeds two `vpdpbusd`).
 
 use super::{Q8Rows, TileOut, TileView, BLOCK, TILE, TILE_BLOCK_BYTES};
 use std::arch::x86_64::*;
@@ -33,101 +34,69 @@ pub unsafe fn quantize_activations(x: &[f32], q: &mut [u8]) -> f32 {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
+    let (w, out) = (std::array::from_ref(w), std::slice::from_ref(out));
     // SAFETY: the caller checked the CPU's features, which `rows` is compiled for.
     super::for_row_groups(rows, 8, |row, n| unsafe {
         match n {
-            8 => self::rows::<8>(w, x, row, out),
-            4 => self::rows::<4>(w, x, row, out),
-            _ => self::rows::<1>(w, x, row, out),
+            8 => self::rows::<1, 8>(w, x, row, out),
+            4 => self::rows::<1, 4>(w, x, row, out),
+            _ => self::rows::<1, 1>(w, x, row, out),
         }
     })
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
-    let k = x.blocks * BLOCK;
-    let xq = x.quants.as_ptr().add(row0 * k);
-    let mut acc = [_mm512_setzero_ps(); MR];
-    for b in 0..x.blocks {
-        let wq = w.quants.as_ptr().add(b * TILE_BLOCK_BYTES);
-        let mut dots = [_mm512_loadu_si512(w.offsets.as_ptr().add(b * TILE) as *const _); MR];
-        for g in 0..BLOCK / 4 {
-            let weights = _mm512_loadu_si512(wq.add(g * TILE * 4) as *const _);
-            for r in 0..MR {
-                let four = (xq.add(r * k + b * BLOCK + g * 4) as *const i32).read_unaligned();
-                dots[r] = _mm512_dpbusd_epi32(dots[r], _mm512_set1_epi32(four), weights);
-            }
-        }
-        let w_scales = _mm512_loadu_ps(w.scales.as_ptr().add(b * TILE));
-        for r in 0..MR {
-            let i = (row0 + r) * x.blocks + b;
-            let exact = dots[r];
-            let scale = _mm512_mul_ps(w_scales, _mm512_set1_ps(x.scales[i]));
-            // Multiply, then add (not FMA): the bits every other kernel computes.
-            acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_cvtepi32_ps(exact), scale));
-        }
-    }
-    for r in 0..MR {
-        let mut sums = [0f32; TILE];
-        _mm512_storeu_ps(sums.as_mut_ptr(), acc[r]);
-        out.write(row0 + r, &sums);
-    }
 }
 
 /// Two neighbouring tiles (32 columns) at once: each broadcast activation feeds two `vpdpbusd`, and each
-/// row's scale is broadcast once for both.
+/// row's scale is broadcast once for both. 6 rows: 2·6 block sums, 2·6 running sums, 2 weight vectors and a
+/// broadcast fit the 32 zmm registers.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn tile_pair(w: &[TileView; 2], x: &Q8Rows, rows: Range<usize>, out: &[TileOut]) {
-    // SAFETY: the caller checked the CPU's features, which `pair_rows` is compiled for.
-    super::for_row_groups(rows, PAIR_ROWS, |row, n| unsafe {
+    // SAFETY: as in `tile`.
+    super::for_row_groups(rows, 6, |row, n| unsafe {
         match n {
-            PAIR_ROWS => self::pair_rows::<PAIR_ROWS>(w, x, row, out),
-            4 => self::pair_rows::<4>(w, x, row, out),
-            _ => self::pair_rows::<1>(w, x, row, out),
+            6 => self::rows::<2, 6>(w, x, row, out),
+            4 => self::rows::<2, 4>(w, x, row, out),
+            _ => self::rows::<2, 1>(w, x, row, out),
         }
     })
 }
 
-/// Rows per step of the two-tile kernel: 2·6 block sums, 2·6 running sums, 2 weight vectors and a broadcast
-/// fit the 32 zmm registers.
-const PAIR_ROWS: usize = 6;
-
+/// `MR` rows of `T` neighbouring tiles (`out[t]` receives tile `t`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn pair_rows<const MR: usize>(w: &[TileView; 2], x: &Q8Rows, row0: usize, out: &[TileOut]) {
+unsafe fn rows<const T: usize, const MR: usize>(w: &[TileView; T], x: &Q8Rows, row0: usize, out: &[TileOut]) {
     let k = x.blocks * BLOCK;
     let xq = x.quants.as_ptr().add(row0 * k);
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let mut acc = [[_mm512_setzero_ps(); T]; MR];
     for b in 0..x.blocks {
-        let wq = [w[0].quants.as_ptr().add(b * TILE_BLOCK_BYTES), w[1].quants.as_ptr().add(b * TILE_BLOCK_BYTES)];
         // Each block's sums start at minus what the activations' `+ 64` adds (`64 · Σw`, stored negated).
-        let start = [
-            _mm512_loadu_si512(w[0].offsets.as_ptr().add(b * TILE) as *const _),
-            _mm512_loadu_si512(w[1].offsets.as_ptr().add(b * TILE) as *const _),
-        ];
+        let mut start = [_mm512_setzero_si512(); T];
+        for t in 0..T {
+            start[t] = _mm512_loadu_si512(w[t].offsets.as_ptr().add(b * TILE) as *const _);
+        }
         let mut dots = [start; MR];
         for g in 0..BLOCK / 4 {
-            let weights =
-                [_mm512_loadu_si512(wq[0].add(g * TILE * 4) as *const _), _mm512_loadu_si512(wq[1].add(g * TILE * 4) as *const _)];
+            let mut weights = [_mm512_setzero_si512(); T];
+            for t in 0..T {
+                weights[t] = _mm512_loadu_si512(w[t].quants.as_ptr().add(b * TILE_BLOCK_BYTES + g * TILE * 4) as *const _);
+            }
             for r in 0..MR {
                 let four = _mm512_set1_epi32((xq.add(r * k + b * BLOCK + g * 4) as *const i32).read_unaligned());
-                dots[r][0] = _mm512_dpbusd_epi32(dots[r][0], four, weights[0]);
-                dots[r][1] = _mm512_dpbusd_epi32(dots[r][1], four, weights[1]);
+                for t in 0..T {
+                    dots[r][t] = _mm512_dpbusd_epi32(dots[r][t], four, weights[t]);
+                }
             }
         }
-        for t in 0..2 {
+        for t in 0..T {
             let w_scales = _mm512_loadu_ps(w[t].scales.as_ptr().add(b * TILE));
             for r in 0..MR {
-                let exact = dots[r][t];
                 let scale = _mm512_mul_ps(w_scales, _mm512_set1_ps(x.scales[(row0 + r) * x.blocks + b]));
                 // Multiply, then add (not FMA): the bits every other kernel computes.
-                acc[r][t] = _mm512_add_ps(acc[r][t], _mm512_mul_ps(_mm512_cvtepi32_ps(exact), scale));
+                acc[r][t] = _mm512_add_ps(acc[r][t], _mm512_mul_ps(_mm512_cvtepi32_ps(dots[r][t]), scale));
             }
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        for t in 0..2 {
+        for t in 0..T {
             let mut sums = [0f32; TILE];
             _mm512_storeu_ps(sums.as_mut_ptr(), acc[t]);
             out[t].write(row0 + r, &sums);

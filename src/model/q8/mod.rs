@@ -603,6 +603,7 @@ impl Q8Rows {
         self.rows
     }
 
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))] // read by the portable kernel
     fn row(&self, row: usize) -> &[u8] {
         &self.quants[row * self.blocks * BLOCK..][..self.blocks * BLOCK]
     }
@@ -615,6 +616,7 @@ thread_local! {
 
 /// The reference kernel: plain loops over the same layout (where no SIMD kernel applies), the same
 /// arithmetic as the SIMD kernels.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))] // wasm always has a SIMD kernel (tests use it natively)
 fn portable_tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
     for row in rows {
         let mut sum = [0f32; TILE];
