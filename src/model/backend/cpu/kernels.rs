@@ -4,7 +4,7 @@
 //! threads, and in wasm; the loops are shaped to vectorise (fixed-width accumulator arrays).
 
 use crate::config::Activation;
-use crate::model::math::{activate, exp, wide_vectors};
+use crate::model::math::{activate, exp, larger, wide_vectors};
 use crate::util::parallel_for;
 
 /// Accumulator lanes of the reductions: wide enough for one AVX2 register, the same order on any width.
@@ -35,6 +35,20 @@ fn sum(a: &[f32]) -> f32 {
         }
     }
     acc.iter().fold(0.0, |s, v| s + v) + tail
+}
+
+/// The largest of `a` (NaN skipped; `−∞` when empty), in `LANES` running maxima so that it vectorises.
+#[inline(always)]
+fn largest(a: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| larger(m, v));
+    for x in chunks {
+        for l in 0..LANES {
+            acc[l] = larger(acc[l], x[l]);
+        }
+    }
+    acc.iter().fold(tail, |m, &v| larger(m, v))
 }
 
 /// What a product does to each value it stores: `+ bias`, then the activation, then `+ residual`.
@@ -120,16 +134,20 @@ wide_vectors! {
     /// 4 × 16 values at a time in registers.
     fn dense_block(x: &[f32], r0: usize, nr: usize, c_start: usize, c_end: usize, packed: &[f32], in_dim: usize, out_dim: usize,
         bias: Option<&[f32]>, act: Option<Activation>, residual: Option<&[f32]>, out: SendPtr) {
+        // A group of fewer than 4 rows repeats its last row in the spare slots (computed, not stored), so
+        // the loop below is always 4 × 16 sums in registers.
+        let rows: [&[f32]; DENSE_ROWS] = std::array::from_fn(|r| &x[(r0 + r.min(nr - 1)) * in_dim..][..in_dim]);
         let mut c0 = c_start;
         while c0 < c_end {
             let nc = (c_end - c0).min(DENSE_COLUMNS);
             let block = &packed[(c0 / DENSE_COLUMNS) * in_dim * DENSE_COLUMNS..][..in_dim * DENSE_COLUMNS];
             let mut acc = [[0f32; DENSE_COLUMNS]; DENSE_ROWS];
-            for (k, w) in block.chunks_exact(DENSE_COLUMNS).enumerate() {
-                for r in 0..DENSE_ROWS.min(nr) {
-                    let xv = x[(r0 + r) * in_dim + k];
+            for (k, w) in (0..in_dim).zip(block.chunks_exact(DENSE_COLUMNS)) {
+                let w: &[f32; DENSE_COLUMNS] = w.try_into().unwrap();
+                for (acc, row) in acc.iter_mut().zip(&rows) {
+                    let xv = row[k];
                     for c in 0..DENSE_COLUMNS {
-                        acc[r][c] += xv * w[c];
+                        acc[c] += xv * w[c];
                     }
                 }
             }
@@ -214,8 +232,8 @@ pub fn attention(qkv: &[f32], batch: usize, seq: usize, heads: usize, mask_bias:
     });
 }
 
-/// Keys × queries per register block of the score loop: 4 × 16 sums in 8 AVX2 registers, enough independent
-/// chains to hide the add latency, each key row loaded once for 4 queries.
+/// Keys × queries per register block of the score loop: 4 × 16 sums (4 AVX-512 or 8 AVX2 registers), enough
+/// independent chains to hide the add latency, each key vector loaded once for 4 queries.
 const KEYS: usize = 16;
 const QUERIES: usize = 4;
 /// Output dimensions per register block of `P·V` (a whole 64-dimension head: 4 AVX-512 registers per query).
@@ -224,91 +242,100 @@ const VALUES: usize = 64;
 const PAIR: usize = 2;
 
 wide_vectors! {
-    /// One (sequence, head): the head's keys transposed once into `[head_dim, seq]` so the scores of 4 queries
-    /// are computed 16 keys at a time in registers (each score summed over the head's dimensions in order);
-    /// scale + mask + softmax fused; `P·V` for 4 queries at once over a contiguous copy of the head's values.
+    /// One (sequence, head): the head's keys packed once into blocks of 16 (`[block][head_dim][16]`) and each
+    /// group of 4 queries transposed (`[head_dim][4]`), so the score loop streams both in order with no bounds
+    /// checks and keeps 4 × 16 sums in registers (each score summed over the head's dimensions in order);
+    /// scale + mask + softmax fused; `P·V` for 2 queries at once over a contiguous copy of the head's values.
     fn attention_head(qkv: &[f32], b: usize, h: usize, seq: usize, hidden: usize, head_dim: usize, mask: Option<&[f32]>,
         scratch: &mut Vec<f32>, out: SendPtr) {
         let scale = 1.0 / (head_dim as f32).sqrt();
         let row = |i: usize, part: usize| &qkv[(b * seq + i) * 3 * hidden + part * hidden + h * head_dim..][..head_dim];
         let padded = seq.div_ceil(KEYS) * KEYS;
-        scratch.resize(head_dim * padded + QUERIES * padded + seq * head_dim, 0.0);
-        let (keys_t, rest) = scratch.split_at_mut(head_dim * padded);
-        let (scores, values) = rest.split_at_mut(QUERIES * padded);
-        // The head's values copied together: in `qkv` their rows lie 3·hidden floats apart, a stride that maps
-        // them onto a few L1 sets.
+        let block_len = head_dim * KEYS;
+        scratch.resize(head_dim * padded + QUERIES * padded + seq * head_dim + head_dim * QUERIES, 0.0);
+        let (keys, rest) = scratch.split_at_mut(head_dim * padded);
+        let (scores, rest) = rest.split_at_mut(QUERIES * padded);
+        let (values, queries) = rest.split_at_mut(seq * head_dim);
+        // The head's values copied together too: in `qkv` their rows lie 3·hidden floats apart, a stride that
+        // maps them onto a few L1 sets.
         for j in 0..seq {
+            let block = &mut keys[(j / KEYS) * block_len..][..block_len];
             for (d, &k) in row(j, 1).iter().enumerate() {
-                keys_t[d * padded + j] = k;
+                block[d * KEYS + j % KEYS] = k;
             }
             values[j * head_dim..][..head_dim].copy_from_slice(row(j, 2));
         }
+        // The last block's spare keys are zero, so their (unused) scores stay finite.
+        for j in seq..padded {
+            for d in 0..head_dim {
+                keys[(j / KEYS) * block_len + d * KEYS + j % KEYS] = 0.0;
+            }
+        }
         let mut inv = [0f32; QUERIES];
         for i0 in (0..seq).step_by(QUERIES) {
-            let queries = (seq - i0).min(QUERIES);
+            let count = (seq - i0).min(QUERIES);
             // A last group of fewer than 4 repeats its first query in the spare slots (computed, not used).
-            let q: [&[f32]; QUERIES] = std::array::from_fn(|n| row(if n < queries { i0 + n } else { i0 }, 0));
-            for j0 in (0..padded).step_by(KEYS) {
+            for n in 0..QUERIES {
+                for (d, &q) in row(if n < count { i0 + n } else { i0 }, 0).iter().enumerate() {
+                    queries[d * QUERIES + n] = q;
+                }
+            }
+            for (j0, block_keys) in (0..padded).step_by(KEYS).zip(keys.chunks_exact(block_len)) {
                 let mut block = [[0f32; KEYS]; QUERIES];
-                for d in 0..head_dim {
-                    let k = &keys_t[d * padded + j0..][..KEYS];
-                    for (n, block) in block.iter_mut().enumerate() {
-                        let qd = q[n][d];
+                for (k, q) in block_keys.chunks_exact(KEYS).zip(queries.chunks_exact(QUERIES)) {
+                    let (k, q): (&[f32; KEYS], &[f32; QUERIES]) = (k.try_into().unwrap(), q.try_into().unwrap());
+                    for (block, &q) in block.iter_mut().zip(q) {
                         for c in 0..KEYS {
-                            block[c] += qd * k[c];
+                            block[c] += q * k[c];
                         }
                     }
                 }
-                for (n, block) in block.iter().enumerate().take(queries) {
+                for (n, block) in block.iter().enumerate().take(count) {
                     scores[n * padded + j0..][..KEYS].copy_from_slice(block);
                 }
             }
-            for n in 0..queries {
+            for n in 0..count {
                 let scores = &mut scores[n * padded..][..seq];
                 match mask {
                     Some(mask) => scores.iter_mut().zip(mask).for_each(|(s, m)| *s = *s * scale + m),
                     None => scores.iter_mut().for_each(|s| *s *= scale),
                 }
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| crate::model::math::larger(m, v));
+                let max = largest(scores);
                 for s in scores.iter_mut() {
                     *s = exp(*s - max);
                 }
                 inv[n] = 1.0 / sum(scores);
             }
             // P·V, PAIR queries and VALUES output dimensions at a time, summed in registers over every key in
-            // key order; each value row loaded once for both queries.
-            for n0 in (0..queries).step_by(PAIR) {
+            // key order; each value row loaded once for both queries (an odd last query pairs with itself).
+            for n0 in (0..count).step_by(PAIR) {
+                let first = &scores[n0 * padded..][..seq];
+                let second = &scores[(n0 + 1).min(count - 1) * padded..][..seq];
                 for d0 in (0..head_dim).step_by(VALUES) {
                     let width = (head_dim - d0).min(VALUES);
-                    let mut sums = [[0f32; VALUES]; PAIR];
-                    let p = |n: usize, j: usize| scores[(n0 + n).min(QUERIES - 1) * padded + j];
-                    if width == VALUES {
-                        for j in 0..seq {
-                            let v = &values[j * head_dim + d0..][..VALUES];
-                            for (n, sums) in sums.iter_mut().enumerate() {
-                                let p = p(n, j);
-                                for c in 0..VALUES {
-                                    sums[c] += p * v[c];
-                                }
+                    let (mut a, mut z) = ([0f32; VALUES], [0f32; VALUES]);
+                    if head_dim == VALUES {
+                        for ((v, &p), &q) in values.chunks_exact(VALUES).zip(first).zip(second) {
+                            let v: &[f32; VALUES] = v.try_into().unwrap();
+                            for c in 0..VALUES {
+                                a[c] += p * v[c];
+                                z[c] += q * v[c];
                             }
                         }
                     } else {
-                        for j in 0..seq {
-                            let v = &values[j * head_dim + d0..][..width];
-                            for (n, sums) in sums.iter_mut().enumerate() {
-                                let p = p(n, j);
-                                for (a, v) in sums.iter_mut().zip(v) {
-                                    *a += p * v;
-                                }
+                        for ((v, &p), &q) in values.chunks_exact(head_dim).zip(first).zip(second) {
+                            for ((a, z), v) in a.iter_mut().zip(z.iter_mut()).zip(&v[d0..d0 + width]) {
+                                *a += p * v;
+                                *z += q * v;
                             }
                         }
                     }
-                    for (n, sums) in sums.iter().enumerate().take(queries - n0) {
+                    for (n, sums) in [a, z].iter().enumerate().take(count - n0) {
                         let row = i0 + n0 + n;
                         // SAFETY: the (sequence, head) job owns these columns of these rows.
                         let dst = unsafe { std::slice::from_raw_parts_mut(out.at((b * seq + row) * hidden + h * head_dim + d0), width) };
-                        for (d, a) in dst.iter_mut().zip(sums) {
-                            *d = a * inv[n0 + n];
+                        for (d, s) in dst.iter_mut().zip(sums) {
+                            *d = s * inv[n0 + n];
                         }
                     }
                 }
@@ -318,7 +345,7 @@ wide_vectors! {
 }
 
 thread_local! {
-    /// One head's transposed keys, 4 queries' scores and the head's values, per thread.
+    /// One head's packed keys, 4 queries' scores, the head's values and 4 transposed queries, per thread.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
