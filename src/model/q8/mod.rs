@@ -391,8 +391,8 @@ fn for_row_groups(rows: Range<usize>, group: usize, mut kernel: impl FnMut(usize
     }
 }
 
-/// Rows of activations per matmul job (a multiple of every kernel's row group).
-const ROWS_PER_JOB: usize = 64;
+/// Rows of activations per matmul job (a multiple of every kernel's row group: 6 and 8 natively, 4 in wasm).
+const ROWS_PER_JOB: usize = 96;
 /// 16-column tiles per matmul job.
 const TILES_PER_JOB: usize = 4;
 
