@@ -5,7 +5,10 @@
 //! 1. Peak: the instruction sequence the kernel is built on, in independent chains with no loads and no
 //!    stores, on every thread at once: `vpdpbusd zmm` where AVX-512 VNNI exists, else AVX2's `vpmaddubsw` +
 //!    `vpmaddwd` + `vpaddd` (32 multiply-adds per `vpmaddubsw`).
-//! 2. The kernel (`Q8Matrix::matmul_into`, whatever this CPU runs) on the encoders' product shapes, as
+//! 2. q8_0's ceiling (AVX-512 VNNI): the AVX-512 kernel's block in registers — 8 steps of `vpdpbusd`, then
+//!    the per-block rescale (convert, weight scale × row scale, multiply, add) — what any q8_0 kernel can
+//!    reach at most here, since its two multiplies share the pipes `vpdpbusd` runs on.
+//! 3. The kernel (`Q8Matrix::matmul_into`, whatever this CPU runs) on the encoders' product shapes, as
 //!    GMAC/s and as a fraction of that peak.
 
 use std::time::Instant;
@@ -82,6 +85,65 @@ fn peak_one_thread(seconds: f64) -> (f64, &'static str) {
     }
 }
 
+/// Multiply-adds per second of one thread running q8_0's block (6 rows × 2 tiles: 8 steps of 12 `vpdpbusd`,
+/// then each of the 12 sums converted, scaled by weight scale × row scale and added) in registers; `None`
+/// without AVX-512 VNNI.
+#[cfg(target_arch = "x86_64")]
+fn q8_0_ceiling_one_thread(seconds: f64) -> Option<f64> {
+    if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")) {
+        return None;
+    }
+    const ITERS: u64 = 1 << 16;
+    let row_scales = [1.0f32; 6];
+    let start = Instant::now();
+    let mut macs = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        // SAFETY: the features were detected above; the loop reads only `row_scales`.
+        macs += unsafe { block_loop(ITERS, row_scales.as_ptr()) };
+    }
+    return Some(macs as f64 / start.elapsed().as_secs_f64());
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn block_loop(iters: u64, row_scales: *const f32) -> u64 {
+        std::arch::asm!(
+            "vpternlogd zmm14, zmm14, zmm14, 0xff", "vpabsb zmm15, zmm14", "vpxord zmm29, zmm29, zmm29",
+            "2:",
+            ".irp g, 0, 1, 2, 3, 4, 5, 6, 7",
+            "vpdpbusd zmm0, zmm15, zmm14", "vpdpbusd zmm1, zmm15, zmm14", "vpdpbusd zmm2, zmm15, zmm14",
+            "vpdpbusd zmm3, zmm15, zmm14", "vpdpbusd zmm4, zmm15, zmm14", "vpdpbusd zmm5, zmm15, zmm14",
+            "vpdpbusd zmm6, zmm15, zmm14", "vpdpbusd zmm7, zmm15, zmm14", "vpdpbusd zmm8, zmm15, zmm14",
+            "vpdpbusd zmm9, zmm15, zmm14", "vpdpbusd zmm10, zmm15, zmm14", "vpdpbusd zmm11, zmm15, zmm14",
+            ".endr",
+            "vmulps zmm28, zmm29, dword ptr [{s} + 0]{{1to16}}", "vcvtdq2ps zmm0, zmm0", "vmulps zmm0, zmm0, zmm28", "vaddps zmm16, zmm16, zmm0",
+            "vmulps zmm28, zmm29, dword ptr [{s} + 0]{{1to16}}", "vcvtdq2ps zmm1, zmm1", "vmulps zmm1, zmm1, zmm28", "vaddps zmm17, zmm17, zmm1",
+            "vmulps zmm28, zmm29, dword ptr [{s} + 4]{{1to16}}", "vcvtdq2ps zmm2, zmm2", "vmulps zmm2, zmm2, zmm28", "vaddps zmm18, zmm18, zmm2",
+            "vmulps zmm28, zmm29, dword ptr [{s} + 4]{{1to16}}", "vcvtdq2ps zmm3, zmm3", "vmulps zmm3, zmm3, zmm28", "vaddps zmm19, zmm19, zmm3",
+            "vmulps zmm28, zmm29, dword ptr [{s} + 8]{{1to16}}", "vcvtdq2ps zmm4, zmm4", "vmulps zmm4, zmm4, zmm28", "vaddps zmm20, zmm20, zmm4",
+            "vmulps zmm28, zmm29, dword ptr [{s} + 8]{{1to16}}", "vcvtdq2ps zmm5, zmm5", "vmulps zmm5, zmm5, zmm28", "vaddps zmm21, zmm21, zmm5",
+            "vmulps zmm28, zmm29, dword ptr [{s} + 12]{{1to16}}", "vcvtdq2ps zmm6, zmm6", "vmulps zmm6, zmm6, zmm28", "vaddps zmm22, zmm22, zmm6",
+            "vmulps zmm28, zmm29, dword ptr [{s} + 12]{{1to16}}", "vcvtdq2ps zmm7, zmm7", "vmulps zmm7, zmm7, zmm28", "vaddps zmm23, zmm23, zmm7",
+            "vmulps zmm28, zmm29, dword ptr [{s} + 16]{{1to16}}", "vcvtdq2ps zmm8, zmm8", "vmulps zmm8, zmm8, zmm28", "vaddps zmm24, zmm24, zmm8",
+            "vmulps zmm28, zmm29, dword ptr [{s} + 16]{{1to16}}", "vcvtdq2ps zmm9, zmm9", "vmulps zmm9, zmm9, zmm28", "vaddps zmm25, zmm25, zmm9",
+            "vmulps zmm28, zmm29, dword ptr [{s} + 20]{{1to16}}", "vcvtdq2ps zmm10, zmm10", "vmulps zmm10, zmm10, zmm28", "vaddps zmm26, zmm26, zmm10",
+            "vmulps zmm28, zmm29, dword ptr [{s} + 20]{{1to16}}", "vcvtdq2ps zmm11, zmm11", "vmulps zmm11, zmm11, zmm28", "vaddps zmm27, zmm27, zmm11",
+            "dec {n}", "jnz 2b",
+            n = inout(reg) iters => _, s = in(reg) row_scales,
+            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _, out("zmm5") _,
+            out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+            out("zmm14") _, out("zmm15") _, out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
+            out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _, out("zmm24") _, out("zmm25") _,
+            out("zmm26") _, out("zmm27") _, out("zmm28") _, out("zmm29") _,
+            options(nostack, readonly),
+        );
+        iters * 8 * 12 * 64
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn q8_0_ceiling_one_thread(_seconds: f64) -> Option<f64> {
+    None
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 fn peak_one_thread(_seconds: f64) -> (f64, &'static str) {
     (0.0, "none")
@@ -100,6 +162,18 @@ fn main() {
     let threads = rayon::current_num_threads();
     let (first, instruction) = peak(threads, 2.0);
     println!("peak: {first:.0} GMAC/s on {threads} threads ({instruction}, register-only loop)");
+    let ceiling: Option<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(|| q8_0_ceiling_one_thread(2.0))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    if let Some(c) = ceiling {
+        let (again, _) = peak(threads, 1.0);
+        println!(
+            "q8_0 ceiling: {:.0} GMAC/s = {:.0} % of the peak measured again ({again:.0}): the kernel's block in registers, 8 steps of vpdpbusd + the per-block rescale",
+            c / 1e9,
+            100.0 * c / 1e9 / again
+        );
+    }
     println!("(a VM's speed drifts: the peak is measured again right before each product, and each fraction is of that)");
     // The encoders' products: (name, rows, in, out).
     let shapes = [
