@@ -263,7 +263,14 @@ wide_vectors! {
             for (d, &k) in row(j, 1).iter().enumerate() {
                 block[d * KEYS + j % KEYS] = k;
             }
-            values[j * head_dim..][..head_dim].copy_from_slice(row(j, 2));
+            let (dst, src) = (&mut values[j * head_dim..][..head_dim], row(j, 2));
+            if head_dim == VALUES {
+                // A fixed-size copy is a few vector moves; `copy_from_slice` was a `memcpy` call per row.
+                let dst: &mut [f32; VALUES] = dst.try_into().unwrap();
+                *dst = src.try_into().unwrap();
+            } else {
+                dst.copy_from_slice(src);
+            }
         }
         // The last block's spare keys are zero, so their (unused) scores stay finite.
         for j in seq..padded {
