@@ -103,29 +103,32 @@ fn q8_0_ceiling_one_thread(seconds: f64) -> Option<f64> {
     }
     return Some(macs as f64 / start.elapsed().as_secs_f64());
 
+    /// `block sum → running sum` for each `dot => running, row scale's byte offset`: convert, weight scale
+    /// (zmm29) × the row's scale, multiply, add — the kernel's rescale.
+    macro_rules! rescale {
+        ($($dot:literal => $sum:literal, $row:literal);*) => {
+            concat!($(
+                "vmulps zmm28, zmm29, dword ptr [{s} + ", $row, "]{{1to16}}\n",
+                "vcvtdq2ps zmm", $dot, ", zmm", $dot, "\n",
+                "vmulps zmm", $dot, ", zmm", $dot, ", zmm28\n",
+                "vaddps zmm", $sum, ", zmm", $sum, ", zmm", $dot, "\n",
+            )*)
+        };
+    }
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn block_loop(iters: u64, row_scales: *const f32) -> u64 {
         std::arch::asm!(
             "vpternlogd zmm14, zmm14, zmm14, 0xff", "vpabsb zmm15, zmm14", "vpxord zmm29, zmm29, zmm29",
             "2:",
-            ".irp g, 0, 1, 2, 3, 4, 5, 6, 7",
+            ".rept 8",
             "vpdpbusd zmm0, zmm15, zmm14", "vpdpbusd zmm1, zmm15, zmm14", "vpdpbusd zmm2, zmm15, zmm14",
             "vpdpbusd zmm3, zmm15, zmm14", "vpdpbusd zmm4, zmm15, zmm14", "vpdpbusd zmm5, zmm15, zmm14",
             "vpdpbusd zmm6, zmm15, zmm14", "vpdpbusd zmm7, zmm15, zmm14", "vpdpbusd zmm8, zmm15, zmm14",
             "vpdpbusd zmm9, zmm15, zmm14", "vpdpbusd zmm10, zmm15, zmm14", "vpdpbusd zmm11, zmm15, zmm14",
             ".endr",
-            "vmulps zmm28, zmm29, dword ptr [{s} + 0]{{1to16}}", "vcvtdq2ps zmm0, zmm0", "vmulps zmm0, zmm0, zmm28", "vaddps zmm16, zmm16, zmm0",
-            "vmulps zmm28, zmm29, dword ptr [{s} + 0]{{1to16}}", "vcvtdq2ps zmm1, zmm1", "vmulps zmm1, zmm1, zmm28", "vaddps zmm17, zmm17, zmm1",
-            "vmulps zmm28, zmm29, dword ptr [{s} + 4]{{1to16}}", "vcvtdq2ps zmm2, zmm2", "vmulps zmm2, zmm2, zmm28", "vaddps zmm18, zmm18, zmm2",
-            "vmulps zmm28, zmm29, dword ptr [{s} + 4]{{1to16}}", "vcvtdq2ps zmm3, zmm3", "vmulps zmm3, zmm3, zmm28", "vaddps zmm19, zmm19, zmm3",
-            "vmulps zmm28, zmm29, dword ptr [{s} + 8]{{1to16}}", "vcvtdq2ps zmm4, zmm4", "vmulps zmm4, zmm4, zmm28", "vaddps zmm20, zmm20, zmm4",
-            "vmulps zmm28, zmm29, dword ptr [{s} + 8]{{1to16}}", "vcvtdq2ps zmm5, zmm5", "vmulps zmm5, zmm5, zmm28", "vaddps zmm21, zmm21, zmm5",
-            "vmulps zmm28, zmm29, dword ptr [{s} + 12]{{1to16}}", "vcvtdq2ps zmm6, zmm6", "vmulps zmm6, zmm6, zmm28", "vaddps zmm22, zmm22, zmm6",
-            "vmulps zmm28, zmm29, dword ptr [{s} + 12]{{1to16}}", "vcvtdq2ps zmm7, zmm7", "vmulps zmm7, zmm7, zmm28", "vaddps zmm23, zmm23, zmm7",
-            "vmulps zmm28, zmm29, dword ptr [{s} + 16]{{1to16}}", "vcvtdq2ps zmm8, zmm8", "vmulps zmm8, zmm8, zmm28", "vaddps zmm24, zmm24, zmm8",
-            "vmulps zmm28, zmm29, dword ptr [{s} + 16]{{1to16}}", "vcvtdq2ps zmm9, zmm9", "vmulps zmm9, zmm9, zmm28", "vaddps zmm25, zmm25, zmm9",
-            "vmulps zmm28, zmm29, dword ptr [{s} + 20]{{1to16}}", "vcvtdq2ps zmm10, zmm10", "vmulps zmm10, zmm10, zmm28", "vaddps zmm26, zmm26, zmm10",
-            "vmulps zmm28, zmm29, dword ptr [{s} + 20]{{1to16}}", "vcvtdq2ps zmm11, zmm11", "vmulps zmm11, zmm11, zmm28", "vaddps zmm27, zmm27, zmm11",
+            rescale!(0 => 16, 0; 1 => 17, 0; 2 => 18, 4; 3 => 19, 4; 4 => 20, 8; 5 => 21, 8;
+                6 => 22, 12; 7 => 23, 12; 8 => 24, 16; 9 => 25, 16; 10 => 26, 20; 11 => 27, 20),
             "dec {n}", "jnz 2b",
             n = inout(reg) iters => _, s = in(reg) row_scales,
             out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _, out("zmm5") _,
