@@ -26,7 +26,8 @@ pub fn exp(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to the nearest integer
     let underflow = x < -87.3;
     let x = x.clamp(-87.3, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -35,7 +36,10 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let er = (p * (r * r) + r) + 1.0;
-    let two_n = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    // n (an integer in −126…127) read from `shifted`'s low mantissa bits, where adding ROUND put it: an
+    // integer subtract that vectorises, where `n as i32` (saturating) compiled to a scalar loop on x86.
+    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    let two_n = f32::from_bits(((n_int + 127) as u32) << 23);
     if underflow {
         0.0
     } else {

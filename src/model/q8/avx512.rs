@@ -169,7 +169,7 @@ unsafe fn rows_6x2(w: &[TileView; 2], x: &Q8Rows, row0: usize, out: &[TileOut]) 
         options(nostack),
     );
     // SAFETY: the assembly stored all 12 running sums.
-    let sums = sums.assume_init();
+    let sums = sums.assume_init_ref();
     for (i, sums) in sums.iter().enumerate() {
         out[i % 2].write(row0 + i / 2, sums);
     }
