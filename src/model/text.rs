@@ -36,8 +36,7 @@ impl<B: Backend> Layer<B> {
     fn forward(&self, b: &B, x: B::Tensor, shape: AttentionShape, mask: &B::Tensor, act: Activation) -> Result<B::Tensor> {
         let attn = b.attention(&b.linear_forward(&x, &self.qkv, None, None)?, shape, Some(mask))?;
         let x = b.layer_norm(&b.linear_forward(&attn, &self.attention_output, None, Some(&x))?, &self.attention_norm)?;
-        let inner = b.linear_forward(&x, &self.intermediate, Some(act), None)?;
-        b.layer_norm(&b.linear_forward(&inner, &self.output, None, Some(&x))?, &self.output_norm)
+        b.layer_norm(&b.feed_forward(&x, None, &self.intermediate, act, &self.output, Some(&x))?, &self.output_norm)
     }
 }
 

@@ -39,8 +39,7 @@ impl<B: Backend> Layer<B> {
     fn forward(&self, b: &B, x: B::Tensor, shape: AttentionShape, act: Activation) -> Result<B::Tensor> {
         let qkv = b.norm_linear_forward(&x, &self.norm1, &self.qkv, None, None)?;
         let x = b.linear_forward(&b.attention(&qkv, shape, None)?, &self.out, None, Some(&x))?;
-        let inner = b.norm_linear_forward(&x, &self.norm2, &self.fc1, Some(act), None)?;
-        b.linear_forward(&inner, &self.fc2, None, Some(&x))
+        b.feed_forward(&x, Some(&self.norm2), &self.fc1, act, &self.fc2, Some(&x))
     }
 }
 

@@ -66,6 +66,25 @@ pub trait Backend {
     ) -> Result<Self::Tensor> {
         self.linear_forward(&self.layer_norm(x, norm)?, layer, activation, residual)
     }
+    /// The feed-forward block: `linear_forward(linear_forward(norm(x), up, activation), down, None,
+    /// residual)`, `norm` a layer norm or none. A backend may keep the inner activation in its own form (the
+    /// CPU backend quantizes `up`'s output as it is stored, for `down`).
+    #[allow(clippy::too_many_arguments)]
+    fn feed_forward(
+        &self,
+        x: &Self::Tensor,
+        norm: Option<&Self::Norm>,
+        up: &Self::Linear,
+        activation: Activation,
+        down: &Self::Linear,
+        residual: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        let inner = match norm {
+            Some(norm) => self.norm_linear_forward(x, norm, up, Some(activation), None)?,
+            None => self.linear_forward(x, up, Some(activation), None)?,
+        };
+        self.linear_forward(&inner, down, None, residual)
+    }
     /// Scaled dot-product attention per head, softmax over keys; `mask_bias` `[batch, seq]` is added to every
     /// query's scores (0 for tokens, a large negative number for padding). → `[batch·seq, hidden]`.
     fn attention(&self, qkv: &Self::Tensor, shape: AttentionShape, mask_bias: Option<&Self::Tensor>) -> Result<Self::Tensor>;

@@ -224,14 +224,32 @@ impl Q8Matrix {
     /// threads and whichever kernel runs (exact i32 block sums, then one f32 multiply and add per block in
     /// block order), so results do not depend on `--threads` or on the CPU.
     pub fn matmul_into(&self, x: &Q8Rows, out: &mut [f32], epilogue: &Epilogue) {
+        assert_eq!(out.len(), x.rows * self.out_dim, "the output is not [{}, {}]", x.rows, self.out_dim);
+        if let Some(r) = epilogue.residual {
+            assert_eq!(r.len(), x.rows * self.out_dim, "the residual is not [{}, {}]", x.rows, self.out_dim);
+        }
+        self.run_jobs(x, epilogue, Destination::Floats(SendPtr(out.as_mut_ptr())));
+    }
+
+    /// `x · Wᵀ` through `epilogue` (bias and activation; no residual), quantized as it is stored into `out`:
+    /// the activations of the product this one feeds, the same bits as [`Self::matmul_into`] followed by
+    /// [`Q8Rows::quantize_from`] without the f32 product ever written out whole. Each job stores its rows
+    /// × 64 columns in f32 to a small per-thread buffer, then quantizes those two blocks per row.
+    pub fn matmul_quantized(&self, x: &Q8Rows, out: &mut Q8Rows, epilogue: &Epilogue) {
+        assert!(epilogue.residual.is_none(), "a quantized output takes no residual");
+        out.reshape(x.rows, self.out_dim);
+        let quants = SendBytes(out.quants.as_mut_ptr());
+        self.run_jobs(x, epilogue, Destination::Quantized { quants, scales: SendPtr(out.scales.as_mut_ptr()) });
+        out.widen();
+    }
+
+    /// The product's jobs over (row chunk, tile chunk): a job's activations stay in L2 while its tiles'
+    /// weights pass through L1, and even one short text gives every thread columns to compute.
+    fn run_jobs(&self, x: &Q8Rows, epilogue: &Epilogue, destination: Destination) {
         let rows = x.rows;
         assert_eq!(x.blocks, self.blocks(), "activations are {} blocks wide, the weights {}", x.blocks, self.blocks());
-        assert_eq!(out.len(), rows * self.out_dim, "the output is not [{rows}, {}]", self.out_dim);
         if let Some(b) = epilogue.bias {
             assert_eq!(b.len(), self.out_dim, "bias length");
-        }
-        if let Some(r) = epilogue.residual {
-            assert_eq!(r.len(), rows * self.out_dim, "the residual is not [{rows}, {}]", self.out_dim);
         }
         let faulty;
         let x = if fault::active() {
@@ -240,38 +258,70 @@ impl Q8Matrix {
         } else {
             x
         };
-        let out_ptr = SendPtr(out.as_mut_ptr());
         let residual_ptr = SendConstPtr(epilogue.residual.map_or(std::ptr::null(), <[f32]>::as_ptr));
         let tiles = self.tiles();
         let tile_chunks = tiles.div_ceil(TILES_PER_JOB);
-        // Jobs over (row chunk, tile chunk): a job's activations stay in L2 while its tiles' weights pass
-        // through L1, and even one short text gives every thread columns to compute.
         let job = |j: usize| {
             let (row_chunk, tile_chunk) = (j / tile_chunks, j % tile_chunks);
             let row_range = row_chunk * ROWS_PER_JOB..((row_chunk + 1) * ROWS_PER_JOB).min(rows);
             let tiles = tile_chunk * TILES_PER_JOB..((tile_chunk + 1) * TILES_PER_JOB).min(tiles);
-            let outs: [TileOut; TILES_PER_JOB] = std::array::from_fn(|i| {
-                let tile = (tiles.start + i).min(tiles.end - 1);
-                let columns = (self.out_dim - tile * TILE).min(TILE);
-                let mut tile_bias = [0f32; TILE];
-                if let Some(b) = epilogue.bias {
-                    tile_bias[..columns].copy_from_slice(&b[tile * TILE..][..columns]);
-                }
-                // SAFETY: each job writes only its rows of its tiles' columns, so jobs never overlap; the
-                // residual is only read.
-                unsafe {
-                    TileOut {
-                        first: out_ptr.at(tile * TILE),
-                        stride: self.out_dim,
-                        columns,
-                        bias: tile_bias,
-                        act: epilogue.act,
-                        residual: residual_ptr.at(tile * TILE),
+            let first_column = tiles.start * TILE;
+            STAGING.with(|staging| {
+                let mut staging = staging.borrow_mut();
+                // Where the tiles store: the output itself, or this job's `[row][64]` staging rows (row
+                // `row_range.start` first) that are quantized below.
+                let (base, stride) = match destination {
+                    Destination::Floats(out) => (out, self.out_dim),
+                    Destination::Quantized { .. } => {
+                        staging.resize(ROWS_PER_JOB * STAGED_COLUMNS, 0.0);
+                        // SAFETY: rows before `row_range.start` are never addressed (offset cancels).
+                        (SendPtr(staging.as_mut_ptr().wrapping_sub(row_range.start * STAGED_COLUMNS)), STAGED_COLUMNS)
+                    }
+                };
+                let outs: [TileOut; TILES_PER_JOB] = std::array::from_fn(|i| {
+                    let tile = (tiles.start + i).min(tiles.end - 1);
+                    let columns = (self.out_dim - tile * TILE).min(TILE);
+                    let mut tile_bias = [0f32; TILE];
+                    if let Some(b) = epilogue.bias {
+                        tile_bias[..columns].copy_from_slice(&b[tile * TILE..][..columns]);
+                    }
+                    let column = match destination {
+                        Destination::Floats(_) => tile * TILE,
+                        Destination::Quantized { .. } => tile * TILE - first_column,
+                    };
+                    // SAFETY: each job writes only its rows of its tiles' columns, so jobs never overlap;
+                    // the residual is only read.
+                    unsafe {
+                        TileOut {
+                            first: base.0.wrapping_add(column),
+                            stride,
+                            columns,
+                            bias: tile_bias,
+                            act: epilogue.act,
+                            residual: residual_ptr.at(tile * TILE),
+                        }
+                    }
+                });
+                self.tiles_kernel(x, tiles.clone(), row_range.clone(), &outs[..tiles.len()]);
+                if let Destination::Quantized { quants, scales } = destination {
+                    let (columns, blocks) = (tiles.len() * TILE, self.out_dim / BLOCK);
+                    for (i, row) in row_range.enumerate() {
+                        let staged = &staging[i * STAGED_COLUMNS..][..columns];
+                        for (b, chunk) in staged.chunks_exact(BLOCK).enumerate() {
+                            let block = first_column / BLOCK + b;
+                            // SAFETY: this job owns these blocks of these rows of the reshaped output.
+                            unsafe {
+                                let q = std::slice::from_raw_parts_mut(quants.0.add(row * self.out_dim + block * BLOCK), BLOCK);
+                                *scales.0.add(row * blocks + block) = quantize_activations_fast(chunk, q);
+                            }
+                        }
                     }
                 }
             });
-            self.tiles_kernel(x, tiles.clone(), row_range, &outs[..tiles.len()]);
         };
+        if let Destination::Quantized { .. } = destination {
+            assert!(self.out_dim % BLOCK == 0 && (TILES_PER_JOB * TILE) % BLOCK == 0, "a quantized output is whole blocks");
+        }
         crate::util::parallel_for(rows.div_ceil(ROWS_PER_JOB) * tile_chunks, job);
     }
 
@@ -395,6 +445,26 @@ fn for_row_groups(rows: Range<usize>, group: usize, mut kernel: impl FnMut(usize
 const ROWS_PER_JOB: usize = 96;
 /// 16-column tiles per matmul job.
 const TILES_PER_JOB: usize = 4;
+/// Columns of a job's staging rows (a quantized output's two blocks).
+const STAGED_COLUMNS: usize = TILES_PER_JOB * TILE;
+
+/// Where a product's tiles go: f32 rows, or quantized activations (`[row][out]` quants + 64 and
+/// `[row][block]` scales).
+#[derive(Clone, Copy)]
+enum Destination {
+    Floats(SendPtr),
+    Quantized { quants: SendBytes, scales: SendPtr },
+}
+
+#[derive(Clone, Copy)]
+struct SendBytes(*mut u8);
+unsafe impl Send for SendBytes {}
+unsafe impl Sync for SendBytes {}
+
+thread_local! {
+    /// A quantized product's job: its f32 tiles before they are quantized.
+    static STAGING: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -490,12 +560,6 @@ struct TileView<'a> {
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
-impl SendPtr {
-    /// A method, not a field access, so closures capture the (Sync) wrapper rather than the raw pointer.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
-        self.0.add(offset)
-    }
-}
 #[derive(Clone, Copy)]
 struct SendConstPtr(*const f32);
 impl SendConstPtr {
@@ -773,6 +837,35 @@ mod tests {
     }
 
     /// The same bits for any number of threads (jobs split rows and columns; each value is computed alone).
+    #[test]
+    fn a_quantized_output_is_the_product_quantized() {
+        // Rows around the row groups and jobs (96), outputs of one, three and many 64-column jobs (a last
+        // job of one block), with and without bias and activation; 1 and 3 threads.
+        for &(rows, out_dim, in_dim) in &[(1, 32, 32), (7, 96, 64), (52, 160, 96), (197, 3 * 64, 768)] {
+            let w = Q8Matrix::quantize(out_dim, in_dim, &lcg(11, out_dim * in_dim));
+            let x = Q8Rows::quantize(&lcg(12, rows * in_dim), rows, in_dim);
+            let bias = lcg(13, out_dim);
+            for (bias, act) in [(None, None), (Some(bias.as_slice()), Some(Activation::Gelu)), (None, Some(Activation::QuickGelu))] {
+                let epilogue = Epilogue { bias, act, residual: None };
+                let mut f32_out = vec![0f32; rows * out_dim];
+                w.matmul_into(&x, &mut f32_out, &epilogue);
+                let want = Q8Rows::quantize(&f32_out, rows, out_dim);
+                for threads in [1, 3] {
+                    let mut got = Q8Rows::quantize(&lcg(14, 5 * 64), 5, 64); // a reused buffer of another shape
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap()
+                        .install(|| w.matmul_quantized(&x, &mut got, &epilogue));
+                    let shape = format!("[{rows}x{in_dim}]·[{out_dim}]ᵀ, {threads} threads");
+                    assert_eq!((got.rows, got.blocks), (rows, out_dim / BLOCK), "{shape}");
+                    assert!(got.quants == want.quants, "{shape}: quants differ");
+                    assert!(got.scales.iter().map(|s| s.to_bits()).eq(want.scales.iter().map(|s| s.to_bits())), "{shape}: scales differ");
+                }
+            }
+        }
+    }
+
     #[test]
     fn threads_do_not_change_the_bits() {
         let (rows, out_dim, in_dim) = (150, 200, 256);

@@ -11,7 +11,7 @@ mod pool;
 use super::{AttentionShape, Backend};
 use crate::config::Activation;
 use crate::model::params::{LinearParams, Matrix, NormParams};
-use crate::model::q8::{Epilogue, Q8Matrix};
+use crate::model::q8::{Epilogue, Q8Matrix, BLOCK};
 use anyhow::{bail, ensure, Result};
 use candle_core::Tensor;
 use pool::{Floats, Quants};
@@ -94,12 +94,7 @@ impl Cpu {
                 let epilogue = Epilogue { bias: bias.as_deref(), act, residual };
                 match quantized {
                     Some(q) => weight.matmul_into(q, &mut out.data, &epilogue),
-                    None => {
-                        let x = x.expect("unquantized input");
-                        let mut q = Quants::take();
-                        q.quantize_from(&x.data, rows, in_dim);
-                        weight.matmul_into(&q, &mut out.data, &epilogue);
-                    }
+                    None => weight.matmul_into(&quantized_input(x.expect("unquantized input"), None), &mut out.data, &epilogue),
                 }
             }
             CpuLinear::Dense { packed, bias, .. } => {
@@ -109,6 +104,19 @@ impl Cpu {
         }
         Ok(out)
     }
+}
+
+/// `x`, layer-normalised by `norm` when given, quantized for a q8_0 product (the normalised rows are
+/// quantized one at a time, never all in f32).
+fn quantized_input(x: &CpuTensor, norm: Option<&CpuNorm>) -> Quants {
+    let mut q = Quants::take();
+    match norm {
+        Some(norm) => q.quantize_with(x.rows, x.cols, |row, dst| {
+            kernels::layer_norm_row(&x.data[row * x.cols..][..x.cols], &norm.weight, &norm.bias, norm.eps, dst)
+        }),
+        None => q.quantize_from(&x.data, x.rows, x.cols),
+    }
+    q
 }
 
 impl Backend for Cpu {
@@ -210,14 +218,43 @@ impl Backend for Cpu {
             x.cols
         );
         match layer {
-            CpuLinear::Quantized { .. } => {
-                let mut q = Quants::take();
-                q.quantize_with(x.rows, in_dim, |row, dst| {
-                    kernels::layer_norm_row(&x.data[row * in_dim..][..in_dim], &norm.weight, &norm.bias, norm.eps, dst)
-                });
-                self.product(None, Some(&q), x.rows, layer, act, residual)
-            }
+            CpuLinear::Quantized { .. } => self.product(None, Some(&quantized_input(x, Some(norm))), x.rows, layer, act, residual),
             CpuLinear::Dense { .. } => self.linear_forward(&self.layer_norm(x, norm)?, layer, act, residual),
+        }
+    }
+
+    /// With both products q8_0, `up`'s output is quantized as it is stored (see
+    /// [`Q8Matrix::matmul_quantized`]): the `[rows, 3072]` inner activation never exists in f32.
+    fn feed_forward(
+        &self,
+        x: &CpuTensor,
+        norm: Option<&CpuNorm>,
+        up: &CpuLinear,
+        act: Activation,
+        down: &CpuLinear,
+        residual: Option<&CpuTensor>,
+    ) -> Result<CpuTensor> {
+        match (up, down) {
+            (CpuLinear::Quantized { weight, bias }, CpuLinear::Quantized { .. })
+                if weight.out_dim() % BLOCK == 0 && down.dims().0 == weight.out_dim() =>
+            {
+                let (in_dim, _) = up.dims();
+                ensure!(x.cols == in_dim, "a product with input width {in_dim} got activations [{}, {}]", x.rows, x.cols);
+                if let Some(norm) = norm {
+                    ensure!(norm.weight.len() == in_dim, "layer norm of width {} on [{}, {}]", norm.weight.len(), x.rows, x.cols);
+                }
+                let mut inner = Quants::take();
+                let epilogue = Epilogue { bias: bias.as_deref(), act: Some(act), residual: None };
+                weight.matmul_quantized(&quantized_input(x, norm), &mut inner, &epilogue);
+                self.product(None, Some(&inner), x.rows, down, None, residual)
+            }
+            _ => {
+                let inner = match norm {
+                    Some(norm) => self.norm_linear_forward(x, norm, up, Some(act), None)?,
+                    None => self.linear_forward(x, up, Some(act), None)?,
+                };
+                self.linear_forward(&inner, down, None, residual)
+            }
         }
     }
 
