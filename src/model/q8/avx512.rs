@@ -89,7 +89,7 @@ unsafe fn rows_6x2(w: &[TileView; 2], x: &Q8Rows, row0: usize, out: &[TileOut]) 
     // next block (the store was ~9 % of the kernel's samples).
     for r in 0..6 {
         for t in out.iter().take(2) {
-            _mm_prefetch::<_MM_HINT_ET0>(t.first.add((row0 + r) * t.stride) as *const i8);
+            _mm_prefetch::<_MM_HINT_ET0>(t.first.wrapping_add((row0 + r) * t.stride) as *const i8);
             if !t.residual.is_null() {
                 _mm_prefetch::<_MM_HINT_T0>(t.residual.add((row0 + r) * t.stride) as *const i8);
             }

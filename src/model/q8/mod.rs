@@ -519,9 +519,11 @@ impl TileOut {
                 *x = activate(act, *x);
             }
         }
-        // SAFETY: `matmul_into` sized the output (and residual) for every row and these columns.
+        // SAFETY: `run_jobs` sized the output (and residual) for every row and these columns. `first` may
+        // lie before its buffer (staging rows are addressed by the product's row number), hence the
+        // wrapping offset; the row's own address is in bounds.
         unsafe {
-            let (dst, residual) = (self.first.add(row * self.stride), self.residual.wrapping_add(row * self.stride));
+            let (dst, residual) = (self.first.wrapping_add(row * self.stride), self.residual.wrapping_add(row * self.stride));
             // A whole tile is fixed-size loads, adds and a store, all in registers; only a matrix's last
             // tile may be partial.
             if self.columns == TILE {
