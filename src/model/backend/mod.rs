@@ -79,11 +79,7 @@ pub trait Backend {
         down: &Self::Linear,
         residual: Option<&Self::Tensor>,
     ) -> Result<Self::Tensor> {
-        let inner = match norm {
-            Some(norm) => self.norm_linear_forward(x, norm, up, Some(activation), None)?,
-            None => self.linear_forward(x, up, Some(activation), None)?,
-        };
-        self.linear_forward(&inner, down, None, residual)
+        feed_forward_unfused(self, x, norm, up, activation, down, residual)
     }
     /// Scaled dot-product attention per head, softmax over keys; `mask_bias` `[batch, seq]` is added to every
     /// query's scores (0 for tokens, a large negative number for padding). → `[batch·seq, hidden]`.
@@ -94,6 +90,24 @@ pub trait Backend {
     fn l2_normalize(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
     /// Waits for the recorded work and returns `x` row-major.
     fn read(&self, x: &Self::Tensor) -> impl Future<Output = Result<Vec<f32>>>;
+}
+
+/// [`Backend::feed_forward`] as its two products, for backends (or layers) that do not fuse it.
+#[allow(clippy::too_many_arguments)]
+pub fn feed_forward_unfused<B: Backend + ?Sized>(
+    b: &B,
+    x: &B::Tensor,
+    norm: Option<&B::Norm>,
+    up: &B::Linear,
+    activation: Activation,
+    down: &B::Linear,
+    residual: Option<&B::Tensor>,
+) -> Result<B::Tensor> {
+    let inner = match norm {
+        Some(norm) => b.norm_linear_forward(x, norm, up, Some(activation), None)?,
+        None => b.linear_forward(x, up, Some(activation), None)?,
+    };
+    b.linear_forward(&inner, down, None, residual)
 }
 
 /// Which backend runs the encoders (`--backend`, and the page's `?backend=`).

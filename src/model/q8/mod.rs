@@ -268,14 +268,15 @@ impl Q8Matrix {
             let first_column = tiles.start * TILE;
             STAGING.with(|staging| {
                 let mut staging = staging.borrow_mut();
-                // Where the tiles store: the output itself, or this job's `[row][64]` staging rows (row
-                // `row_range.start` first) that are quantized below.
+                // Where column 0 of row 0 would be stored: in the output itself, or placed so that this
+                // job's rows and columns land in its `[row][64]` staging rows (quantized below); only the
+                // job's own rows and columns are ever addressed.
                 let (base, stride) = match destination {
                     Destination::Floats(out) => (out, self.out_dim),
                     Destination::Quantized { .. } => {
                         staging.resize(ROWS_PER_JOB * STAGED_COLUMNS, 0.0);
-                        // SAFETY: rows before `row_range.start` are never addressed (offset cancels).
-                        (SendPtr(staging.as_mut_ptr().wrapping_sub(row_range.start * STAGED_COLUMNS)), STAGED_COLUMNS)
+                        let origin = row_range.start * STAGED_COLUMNS + first_column;
+                        (SendPtr(staging.as_mut_ptr().wrapping_sub(origin)), STAGED_COLUMNS)
                     }
                 };
                 let outs: [TileOut; TILES_PER_JOB] = std::array::from_fn(|i| {
@@ -285,15 +286,11 @@ impl Q8Matrix {
                     if let Some(b) = epilogue.bias {
                         tile_bias[..columns].copy_from_slice(&b[tile * TILE..][..columns]);
                     }
-                    let column = match destination {
-                        Destination::Floats(_) => tile * TILE,
-                        Destination::Quantized { .. } => tile * TILE - first_column,
-                    };
                     // SAFETY: each job writes only its rows of its tiles' columns, so jobs never overlap;
                     // the residual is only read.
                     unsafe {
                         TileOut {
-                            first: base.0.wrapping_add(column),
+                            first: base.0.wrapping_add(tile * TILE),
                             stride,
                             columns,
                             bias: tile_bias,

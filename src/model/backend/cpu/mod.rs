@@ -248,13 +248,7 @@ impl Backend for Cpu {
                 weight.matmul_quantized(&quantized_input(x, norm), &mut inner, &epilogue);
                 self.product(None, Some(&inner), x.rows, down, None, residual)
             }
-            _ => {
-                let inner = match norm {
-                    Some(norm) => self.norm_linear_forward(x, norm, up, Some(act), None)?,
-                    None => self.linear_forward(x, up, Some(act), None)?,
-                };
-                self.linear_forward(&inner, down, None, residual)
-            }
+            _ => super::feed_forward_unfused(self, x, norm, up, act, down, residual),
         }
     }
 
