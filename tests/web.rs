@@ -151,7 +151,7 @@ async fn wasm_q8_kernel_matches_reference() {
     let expected_kernel = if cfg!(target_feature = "relaxed-simd") { "relaxed-simd" } else { "simd128" };
     let mut seed = 7u64;
     let mut random = |n: usize| pseudo_random(&mut seed, n);
-    for (rows, out_dim, in_dim) in [(1, 16, 32), (3, 5, 64), (6, 37, 96), (52, 48, 256)] {
+    for (rows, out_dim, in_dim) in [(1, 16, 32), (3, 5, 64), (6, 37, 96), (52, 48, 256), (197, 20, 64)] {
         // Every 7th weight the most negative q8_0 allows (-128 × scale): the largest pair sums the 8-bit dot
         // products see.
         let mut weights = random(out_dim * in_dim);

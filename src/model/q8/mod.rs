@@ -70,7 +70,7 @@ pub struct Q8Rows {
     quants: Vec<u8>,
     /// `[row][block]`
     scales: Vec<f32>,
-    /// `quants` widened to i16 once, for simd128's i16 dot products.
+    /// `quants − 64` as i16, interleaved by groups of 4 rows, for simd128's i16 dot products.
     #[cfg(all(target_arch = "wasm32", not(target_feature = "relaxed-simd")))]
     wide: Vec<i16>,
 }
@@ -668,12 +668,29 @@ impl Q8Rows {
         }
     }
 
-    /// On wasm without relaxed SIMD, the quants widened to i16 once for simd128's i16 dot products.
+    /// On wasm without relaxed SIMD, the quants widened once for simd128's i16 dot products: signed (the
+    /// `+ 64` taken off) and interleaved by row groups (`simd128::wide_index`), one row group per task.
     fn widen(&mut self) {
         #[cfg(all(target_arch = "wasm32", not(target_feature = "relaxed-simd")))]
         {
-            self.wide.clear();
-            self.wide.extend(self.quants.iter().map(|&q| q as i16));
+            use simd128::{widen_row_group, ROW_GROUP};
+            let (rows, in_dim) = (self.rows, self.blocks * BLOCK);
+            if rows == 0 || in_dim == 0 {
+                return;
+            }
+            // No zeroing: every element is written (a last, partial group's missing rows too).
+            self.wide.resize(rows.div_ceil(ROW_GROUP) * ROW_GROUP * in_dim, 0);
+            let quants = &self.quants[..rows * in_dim];
+            #[cfg(target_feature = "atomics")]
+            {
+                use rayon::prelude::*;
+                let groups = self.wide.par_chunks_exact_mut(ROW_GROUP * in_dim).enumerate().with_min_len(2);
+                groups.for_each(|(group, wide)| widen_row_group(quants, group, in_dim, wide));
+            }
+            #[cfg(not(target_feature = "atomics"))]
+            for (group, wide) in self.wide.chunks_exact_mut(ROW_GROUP * in_dim).enumerate() {
+                widen_row_group(quants, group, in_dim, wide);
+            }
         }
     }
 
