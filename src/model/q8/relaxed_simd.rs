@@ -5,20 +5,12 @@
 //! only defined when the second operand fits 7 bits, which the activations' 1…127 do (and the largest pair
 //! sum, 2·128·127, fits the i16 that x86 engines compute it through).
 
-use super::wasm::{add_block, row_groups, write_rows};
+use super::wasm::{add_block, write_rows};
 use super::{Q8Rows, TileOut, TileView, BLOCK, TILE, TILE_BLOCK_BYTES};
 use std::arch::wasm32::*;
-use std::ops::Range;
-
-pub(super) fn tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
-    row_groups(rows, |row, n| match n {
-        4 => self::rows::<4>(w, x, row, out),
-        _ => self::rows::<1>(w, x, row, out),
-    })
-}
 
 #[inline(always)]
-fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
+pub(super) fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
     let k = x.blocks * BLOCK;
     let xq = &x.quants[row0 * k..(row0 + MR) * k];
     // All 16 columns per block, each row's 4 activation bytes splat once per group for the 4 quarters: in V8

@@ -1,7 +1,7 @@
 //! The q8_0 tile kernel on wasm simd128. There is no 8-bit dot product, so each 16-byte slice of a group
-//! (4 columns × 4 k-values) is widened to two i16x8 halves and multiplied by the row's 4 activation quants (splat
-//! to both halves) with `i32x4.dot_i16x8_s`; lanes come out as (column, k-pair) partial sums, folded into
-//! one sum per column at the end of each block. Four rows share every weight load.
+//! (4 columns × 4 k-values) is widened to two i16x8 halves and multiplied by the row's 4 activation quants
+//! (splat to both halves) with `i32x4.dot_i16x8_s`; lanes come out as (column, k-pair) partial sums, folded
+//! into one sum per column at the end of each block. Four rows share every widened weight.
 //!
 //! The activations are widened once per product (`Q8Rows::wide`): signed, so no offset is added per block,
 //! and interleaved by groups of 4 rows, so that the 4 rows' quants of a k-group are 32 contiguous bytes at
@@ -11,17 +11,9 @@
 //! and the block's loops written out in full. LLVM then unrolls and interleaves the loops (wasm has
 //! unlimited locals) and V8 spills most of the sums; 5–40 % slower.
 
-use super::wasm::{add_block, row_groups, write_rows};
+use super::wasm::{add_block, write_rows};
 use super::{Q8Rows, TileOut, TileView, BLOCK, TILE, TILE_BLOCK_BYTES};
 use std::arch::wasm32::*;
-use std::ops::Range;
-
-pub(super) fn tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
-    row_groups(rows, |row, n| match n {
-        4 => self::rows::<4>(w, x, row, out),
-        _ => self::rows::<1>(w, x, row, out),
-    })
-}
 
 /// Rows per interleaved group of `Q8Rows::wide`.
 pub(super) const ROW_GROUP: usize = 4;
@@ -57,11 +49,9 @@ pub(super) fn widen_row_group(quants: &[u8], group: usize, in_dim: usize, wide: 
             i64x2_shuffle::<1, 3>(ab23, cd23),
         ];
         for (g, four_rows) in by_group.into_iter().enumerate() {
-            let at = (k / 4 + g) * 16;
-            assert!(at + 16 <= wide.len());
-            // SAFETY: 16 i16 at `at`, in bounds (asserted).
+            // SAFETY: 16 i16 at (k/4 + g)·16 < 4·in_dim = wide.len() (asserted above).
             unsafe {
-                let dst = wide.as_mut_ptr().add(at);
+                let dst = wide.as_mut_ptr().add((k / 4 + g) * 16);
                 v128_store(dst as *mut v128, i16x8_sub(u16x8_extend_low_u8x16(four_rows), offset));
                 v128_store(dst.add(8) as *mut v128, i16x8_sub(u16x8_extend_high_u8x16(four_rows), offset));
             }
@@ -70,17 +60,11 @@ pub(super) fn widen_row_group(quants: &[u8], group: usize, in_dim: usize, wide: 
 }
 
 #[inline(always)]
-fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
+pub(super) fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
     let (blocks, in_dim) = (x.blocks, x.blocks * BLOCK);
-    debug_assert!(
-        MR == 1 || row0 % ROW_GROUP == 0,
-        "a group of rows starts a row group"
-    );
+    debug_assert!(MR == 1 || row0 % ROW_GROUP == 0, "a group of rows starts a row group");
     debug_assert!(w.quants.len() == blocks * TILE_BLOCK_BYTES && w.scales.len() == blocks * TILE);
-    debug_assert!(
-        x.wide.len() > wide_index(row0 + MR - 1, in_dim - 1, in_dim)
-            && x.scales.len() >= (row0 + MR) * blocks
-    );
+    debug_assert!(x.wide.len() > wide_index(row0 + MR - 1, in_dim - 1, in_dim) && x.scales.len() >= (row0 + MR) * blocks);
     // SAFETY (every raw read below): `wide` holds whole row groups of `in_dim` quants, `scales` a scale per
     // row and block, and the tile `blocks` blocks of quants and scales (checked above in debug builds).
     let activations = unsafe { x.wide.as_ptr().add(wide_index(row0, 0, in_dim)) };
@@ -89,36 +73,25 @@ fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
     for b in 0..blocks {
         let weights = unsafe { w.quants.as_ptr().add(b * TILE_BLOCK_BYTES) };
         let block = unsafe { activations.add(b * BLOCK * ROW_GROUP) };
-        let x_scales: [f32; MR] =
-            std::array::from_fn(|r| unsafe { *row_scales.add(r * blocks + b) });
+        let x_scales: [f32; MR] = std::array::from_fn(|r| unsafe { *row_scales.add(r * blocks + b) });
         for quarter in 0..4 {
             // Lanes: [c0 k01, c0 k23, c1 k01, c1 k23] (low) and the same for c2, c3 (high).
             let mut low = [i32x4_splat(0); MR];
             let mut high = [i32x4_splat(0); MR];
             for group in 0..BLOCK / 4 {
-                let bytes = unsafe {
-                    v128_load(weights.add(group * TILE * 4 + quarter * 16) as *const v128)
-                };
-                let (lo, hi) = (
-                    i16x8_extend_low_i8x16(bytes),
-                    i16x8_extend_high_i8x16(bytes),
-                );
+                let bytes = unsafe { v128_load(weights.add(group * TILE * 4 + quarter * 16) as *const v128) };
+                let (lo, hi) = (i16x8_extend_low_i8x16(bytes), i16x8_extend_high_i8x16(bytes));
                 for r in 0..MR {
                     // Row r's 4 quants of this group, in both halves: [x0 x1 x2 x3 x0 x1 x2 x3].
-                    let xs = unsafe {
-                        v128_load64_splat(block.add((group * ROW_GROUP + r) * 4) as *const u64)
-                    };
+                    let xs = unsafe { v128_load64_splat(block.add((group * ROW_GROUP + r) * 4) as *const u64) };
                     low[r] = i32x4_add(low[r], i32x4_dot_i16x8(lo, xs));
                     high[r] = i32x4_add(high[r], i32x4_dot_i16x8(hi, xs));
                 }
             }
-            let w_scales =
-                unsafe { v128_load(w.scales.as_ptr().add(b * TILE + quarter * 4) as *const v128) };
+            let w_scales = unsafe { v128_load(w.scales.as_ptr().add(b * TILE + quarter * 4) as *const v128) };
             for r in 0..MR {
-                let columns = i32x4_add(
-                    i32x4_shuffle::<0, 2, 4, 6>(low[r], high[r]),
-                    i32x4_shuffle::<1, 3, 5, 7>(low[r], high[r]),
-                );
+                let columns =
+                    i32x4_add(i32x4_shuffle::<0, 2, 4, 6>(low[r], high[r]), i32x4_shuffle::<1, 3, 5, 7>(low[r], high[r]));
                 acc[r][quarter] = add_block(acc[r][quarter], columns, w_scales, x_scales[r]);
             }
         }

@@ -1,5 +1,5 @@
 //! What the two wasm q8_0 kernels share (SIMD128 in the baseline and threaded builds, relaxed SIMD in the
-//! second build; each build compiles exactly one as `kernel`): the row-group walk, the per-block
+//! second build; each build compiles exactly one as `kernel`): the row-group dispatch, the per-block
 //! scaling and the store.
 
 #[cfg(target_feature = "relaxed-simd")]
@@ -13,19 +13,16 @@ use std::ops::Range;
 /// The kernel's name, for benchmarks and logs.
 pub const NAME: &str = if cfg!(target_feature = "relaxed-simd") { "relaxed-simd" } else { "simd128" };
 
-pub fn tile(w: &TileView, x: &Q8Rows, rows: Range<usize>, out: &TileOut) {
-    kernel::tile(w, x, rows, out)
-}
-
-/// Walks `rows` in groups of 4 that start on a multiple of 4 (SIMD128's interleaved activations; jobs' rows
-/// do), single rows around them: `kernel(first_row, rows_in_group)`.
-#[inline(always)]
-pub(super) fn row_groups(mut rows: Range<usize>, mut kernel: impl FnMut(usize, usize)) {
+pub fn tile(w: &TileView, x: &Q8Rows, mut rows: Range<usize>, out: &TileOut) {
+    // Groups of 4 rows start on a multiple of 4 (SIMD128's interleaved activations); jobs' rows do.
     while rows.start % 4 != 0 && !rows.is_empty() {
-        kernel(rows.start, 1);
+        kernel::rows::<1>(w, x, rows.start, out);
         rows.start += 1;
     }
-    super::for_row_groups(rows, 4, kernel)
+    super::for_row_groups(rows, 4, |row, n| match n {
+        4 => kernel::rows::<4>(w, x, row, out),
+        _ => kernel::rows::<1>(w, x, row, out),
+    })
 }
 
 /// `acc` plus one block's exact sums of 4 columns times their scales (weights' × the row's): multiply, then
