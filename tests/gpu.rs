@@ -77,7 +77,7 @@ fn products_match_the_cpu_on_odd_shapes() {
 #[test]
 fn other_ops_match_the_cpu() {
     let Some(gpu) = gpu() else { return };
-    let names = ["gather + add rows", "layer norm", "attention", "first tokens", "l2 normalize"];
+    let names = ["gather + add rows", "layer norm", "attention", "first tokens", "first queries' attention", "l2 normalize"];
     for &(batch, seq, heads, hidden, masked) in
         &[(1, 1, 1, 8, false), (2, 7, 2, 64, true), (3, 52, 12, 768, true), (2, 197, 12, 768, false), (1, 300, 4, 96, true)]
     {
@@ -100,7 +100,7 @@ fn bad_shapes_are_errors_not_gpu_faults() {
     let e = gpu.linear_forward(&x, &layer, None, None).err().unwrap().to_string();
     assert!(e.contains("input width 9"), "{e}");
     let qkv = gpu.upload(&values(4, 2000 * 24), 2000, 24).unwrap();
-    let e = gpu.attention(&qkv, AttentionShape { batch: 1, seq: 2000, heads: 2 }, None).err().unwrap().to_string();
+    let e = gpu.attention(&qkv, AttentionShape::new(1, 2000, 2), None).err().unwrap().to_string();
     assert!(e.contains("1024 tokens"), "{e}");
     assert!(gpu.failure().is_none(), "a refused op must not reach the device");
 }

@@ -156,6 +156,7 @@ function renderTimings(t, renderMs) {
   $('timings').textContent = parts.join(' · ');
   $('timings').dataset.encodeMs = t.encode.toFixed(2);
   $('timings').dataset.searchMs = t.search.toFixed(2);
+  $('timings').dataset.renderMs = renderMs.toFixed(2);
 }
 
 // ---- queries ----------------------------------------------------------------------------------------

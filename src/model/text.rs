@@ -1,6 +1,6 @@
 //! The text tower: RoBERTa-wwm (BERT layout, `text_model.*`) → [CLS] → `text_projection`.
 
-use super::backend::{AttentionShape, Backend};
+use super::backend::{query_rows, through_layers, AttentionShape, Backend};
 use super::params::{LinearParams, NormParams, Params};
 use crate::config::{Activation, TextConfig};
 use anyhow::Result;
@@ -33,8 +33,11 @@ impl<B: Backend> Layer<B> {
         })
     }
 
+    /// One layer over `x` `[batch·seq, hidden]`; with `shape.queries` first, only each sequence's first row
+    /// goes on from the attention: → `[batch, hidden]`.
     fn forward(&self, b: &B, x: B::Tensor, shape: AttentionShape, mask: &B::Tensor, act: Activation) -> Result<B::Tensor> {
         let attn = b.attention(&b.linear_forward(&x, &self.qkv, None, None)?, shape, Some(mask))?;
+        let x = query_rows(b, x, shape)?;
         let x = b.layer_norm(&b.linear_forward(&attn, &self.attention_output, None, Some(&x))?, &self.attention_norm)?;
         b.layer_norm(&b.feed_forward(&x, None, &self.intermediate, act, &self.output, Some(&x))?, &self.output_norm)
     }
@@ -83,15 +86,13 @@ impl<B: Backend> TextTower<B> {
             anyhow::bail!("{seq} tokens is more than the model's {} positions", self.config.max_position_embeddings);
         }
         let x = b.add_rows(b.gather(&self.word_embeddings, ids)?, &self.position_embeddings, seq)?;
-        let mut x = b.layer_norm(&x, &self.embedding_norm)?;
+        let x = b.layer_norm(&x, &self.embedding_norm)?;
         // Additive attention bias, as HF BERT builds it from the mask.
         let bias: Vec<f32> = mask.iter().map(|&m| (1.0 - m) * f32::MIN).collect();
         let bias = b.upload(&bias, batch, seq)?;
-        let shape = AttentionShape { batch, seq, heads: self.config.num_attention_heads };
-        for layer in &self.layers {
-            x = layer.forward(b, x, shape, &bias, self.activation)?;
-        }
-        b.linear_forward(&b.first_tokens(&x, seq)?, &self.projection, None, None)
+        let shape = AttentionShape::new(batch, seq, self.config.num_attention_heads);
+        let cls = through_layers(b, &self.layers, x, shape, |layer, x, shape| layer.forward(b, x, shape, &bias, self.activation))?;
+        b.linear_forward(&cls, &self.projection, None, None)
     }
 
     pub fn max_positions(&self) -> usize {

@@ -1,6 +1,6 @@
 //! The vision tower: ViT (CLIP layout, `vision_model.*`) → post-LN [CLS] → `visual_projection`.
 
-use super::backend::{AttentionShape, Backend};
+use super::backend::{query_rows, through_layers, AttentionShape, Backend};
 use super::params::{LinearParams, NormParams, Params};
 use crate::config::{Activation, VisionConfig};
 use anyhow::Result;
@@ -36,8 +36,11 @@ impl<B: Backend> Layer<B> {
         })
     }
 
+    /// One layer over `x` `[batch·seq, hidden]`; with `shape.queries` first, only each sequence's first row
+    /// goes on from the attention: → `[batch, hidden]`.
     fn forward(&self, b: &B, x: B::Tensor, shape: AttentionShape, act: Activation) -> Result<B::Tensor> {
         let qkv = b.norm_linear_forward(&x, &self.norm1, &self.qkv, None, None)?;
+        let x = query_rows(b, x, shape)?;
         let x = b.linear_forward(&b.attention(&qkv, shape, None)?, &self.out, None, Some(&x))?;
         b.feed_forward(&x, Some(&self.norm2), &self.fc1, act, &self.fc2, Some(&x))
     }
@@ -89,12 +92,10 @@ impl<B: Backend> VisionTower<B> {
         let patches = patch_rows(pixels, batch, c.num_channels, c.image_size, c.patch_size);
         let x = b.upload(&patches, batch * tokens, c.num_channels * c.patch_size * c.patch_size)?;
         let x = b.add_rows(b.linear_forward(&x, &self.patch_embedding, None, None)?, &self.position_embedding, tokens)?;
-        let mut x = b.layer_norm(&x, &self.pre_norm)?;
-        let shape = AttentionShape { batch, seq: tokens, heads: c.num_attention_heads };
-        for layer in &self.layers {
-            x = layer.forward(b, x, shape, self.activation)?;
-        }
-        b.norm_linear_forward(&b.first_tokens(&x, tokens)?, &self.post_norm, &self.projection, None, None)
+        let x = b.layer_norm(&x, &self.pre_norm)?;
+        let shape = AttentionShape::new(batch, tokens, c.num_attention_heads);
+        let cls = through_layers(b, &self.layers, x, shape, |layer, x, shape| layer.forward(b, x, shape, self.activation))?;
+        b.norm_linear_forward(&cls, &self.post_norm, &self.projection, None, None)
     }
 
     pub fn image_size(&self) -> usize {

@@ -45,7 +45,7 @@ pub fn linear_on<B: Backend>(
 }
 
 /// The other ops in the order an encoder uses them, on one backend: gather + add rows → layer norm →
-/// attention (with and without mask) → first tokens → L2 norm.
+/// attention (with and without mask) → first tokens, and attention of the first queries alone → L2 norm.
 pub fn pipeline_on<B: Backend>(b: &B, batch: usize, seq: usize, heads: usize, hidden: usize, masked: bool) -> Vec<Vec<f32>> {
     let vocab = 50;
     let table = b.table(&tensor(values(1, vocab * hidden), vocab, hidden)).unwrap();
@@ -59,8 +59,10 @@ pub fn pipeline_on<B: Backend>(b: &B, batch: usize, seq: usize, heads: usize, hi
     let qkv = b.upload(&qkv, batch * seq, 3 * hidden).unwrap();
     let mask: Vec<f32> = (0..batch * seq).map(|i| if i % seq < seq - (i / seq) % seq.min(3) { 0.0 } else { f32::MIN }).collect();
     let mask = b.upload(&mask, batch, seq).unwrap();
-    let attended = b.attention(&qkv, AttentionShape { batch, seq, heads }, masked.then_some(&mask)).unwrap();
+    let shape = AttentionShape::new(batch, seq, heads);
+    let attended = b.attention(&qkv, shape, masked.then_some(&mask)).unwrap();
     let first = b.first_tokens(&attended, seq).unwrap();
+    let first_queries = b.attention(&qkv, shape.first_queries(), masked.then_some(&mask)).unwrap();
     let unit = b.l2_normalize(&first).unwrap();
-    vec![read(b, &x), read(b, &normed), read(b, &attended), read(b, &first), read(b, &unit)]
+    vec![read(b, &x), read(b, &normed), read(b, &attended), read(b, &first), read(b, &first_queries), read(b, &unit)]
 }

@@ -24,6 +24,35 @@ pub struct AttentionShape {
     pub batch: usize,
     pub seq: usize,
     pub heads: usize,
+    pub queries: Queries,
+}
+
+/// The query rows attention computes: every token's, or only the first of each sequence — the [CLS] token,
+/// the one row both towers read from their last layer, so that layer's other rows are never computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queries {
+    All,
+    First,
+}
+
+impl AttentionShape {
+    /// Every query of `batch` sequences of `seq` tokens.
+    pub fn new(batch: usize, seq: usize, heads: usize) -> Self {
+        Self { batch, seq, heads, queries: Queries::All }
+    }
+
+    /// The same attention for the first query of each sequence only.
+    pub fn first_queries(self) -> Self {
+        Self { queries: Queries::First, ..self }
+    }
+
+    /// Query rows per sequence: `seq`, or 1.
+    pub fn queries_per_sequence(&self) -> usize {
+        match self.queries {
+            Queries::All => self.seq,
+            Queries::First => self.seq.min(1),
+        }
+    }
 }
 
 pub trait Backend {
@@ -82,7 +111,8 @@ pub trait Backend {
         feed_forward_unfused(self, x, norm, up, activation, down, residual)
     }
     /// Scaled dot-product attention per head, softmax over keys; `mask_bias` `[batch, seq]` is added to every
-    /// query's scores (0 for tokens, a large negative number for padding). → `[batch·seq, hidden]`.
+    /// query's scores (0 for tokens, a large negative number for padding). → `[batch·q, hidden]`, q the
+    /// shape's [`AttentionShape::queries_per_sequence`] (the first query of each sequence, or all).
     fn attention(&self, qkv: &Self::Tensor, shape: AttentionShape, mask_bias: Option<&Self::Tensor>) -> Result<Self::Tensor>;
     /// The first row of each sequence of `seq` rows (the [CLS] token): `[rows / seq, cols]`.
     fn first_tokens(&self, x: &Self::Tensor, seq: usize) -> Result<Self::Tensor>;
@@ -90,6 +120,32 @@ pub trait Backend {
     fn l2_normalize(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
     /// Waits for the recorded work and returns `x` row-major.
     fn read(&self, x: &Self::Tensor) -> impl Future<Output = Result<Vec<f32>>>;
+}
+
+/// The rows of `x` `[batch·seq, cols]` that an attention of `shape` computes queries for: all of them, or
+/// each sequence's first (what a layer's residual must be cut to when only its first queries go on).
+pub fn query_rows<B: Backend + ?Sized>(b: &B, x: B::Tensor, shape: AttentionShape) -> Result<B::Tensor> {
+    match shape.queries {
+        Queries::All => Ok(x),
+        Queries::First => b.first_tokens(&x, shape.seq),
+    }
+}
+
+/// Runs `x` `[batch·seq, hidden]` through `layers` (`forward(layer, x, shape)`), the last one computing only
+/// each sequence's first query past its attention, since both towers read nothing but the [CLS] row of
+/// their last layer: → the [CLS] rows `[batch, hidden]` (the same values as the full pass's first rows).
+pub fn through_layers<B: Backend + ?Sized, L>(
+    b: &B,
+    layers: &[L],
+    mut x: B::Tensor,
+    shape: AttentionShape,
+    forward: impl Fn(&L, B::Tensor, AttentionShape) -> Result<B::Tensor>,
+) -> Result<B::Tensor> {
+    let Some((last, rest)) = layers.split_last() else { return b.first_tokens(&x, shape.seq) };
+    for layer in rest {
+        x = forward(layer, x, shape)?;
+    }
+    forward(last, x, shape.first_queries())
 }
 
 /// [`Backend::feed_forward`] as its two products, for backends (or layers) that do not fuse it.

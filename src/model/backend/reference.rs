@@ -2,7 +2,7 @@
 //! tuwen's kernels, then separate passes for bias, activation, residual, softmax, layer norm). It is what the
 //! fused CPU backend ([`super::Cpu`]) is tested against, op by op and end to end; nothing runs it in production.
 
-use super::{AttentionShape, Backend};
+use super::{query_rows, AttentionShape, Backend};
 use crate::config::Activation;
 use crate::model::params::{LinearParams, Matrix, NormParams};
 use crate::model::q8::Q8Matrix;
@@ -121,7 +121,7 @@ impl Backend for Reference {
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((s.batch * s.seq, hidden))?)
+        query_rows(self, probs.matmul(&v)?.transpose(1, 2)?.reshape((s.batch * s.seq, hidden))?, s)
     }
 
     fn first_tokens(&self, x: &Tensor, seq: usize) -> Result<Tensor> {

@@ -209,9 +209,10 @@ pub fn l2_normalize(x: &mut [f32], cols: usize) {
 }
 
 /// Scaled dot-product attention of one batch over its fused `[batch·seq, 3·hidden]` query|key|value rows,
-/// one job per (sequence, head) (see [`attention_head`]) writing straight into the head's columns of `out`
-/// `[batch·seq, hidden]`. No `[batch, heads, seq, seq]` tensor exists.
-pub fn attention(qkv: &[f32], batch: usize, seq: usize, heads: usize, mask_bias: Option<&[f32]>, out: &mut [f32]) {
+/// for the first `queries` tokens of each sequence (all `seq`, or 1), one job per (sequence, head) (see
+/// [`attention_head`]) writing straight into the head's columns of `out` `[batch·queries, hidden]`. No
+/// `[batch, heads, seq, seq]` tensor exists.
+pub fn attention(qkv: &[f32], batch: usize, seq: usize, queries: usize, heads: usize, mask_bias: Option<&[f32]>, out: &mut [f32]) {
     let hidden = qkv.len() / (batch * seq) / 3;
     let out_ptr = SendPtr(out.as_mut_ptr());
     parallel_for(batch * heads, |job| {
@@ -222,6 +223,7 @@ pub fn attention(qkv: &[f32], batch: usize, seq: usize, heads: usize, mask_bias:
                 b,
                 h,
                 seq,
+                queries,
                 hidden,
                 hidden / heads,
                 mask_bias.map(|m| &m[b * seq..][..seq]),
@@ -233,11 +235,20 @@ pub fn attention(qkv: &[f32], batch: usize, seq: usize, heads: usize, mask_bias:
 }
 
 /// Keys × queries per register block of the score loop: 4 × 16 sums (4 AVX-512 or 8 AVX2 registers), enough
-/// independent chains to hide the add latency, each key vector loaded once for 4 queries.
+/// independent chains to hide the add latency, each key vector loaded once for 4 queries. In wasm 4 × 8
+/// (8 of the 16 SIMD registers V8 allocates from; 4 × 16 spilled). Each score is summed over the head's
+/// dimensions in the same order either way, so the block shape does not change the bits.
+#[cfg(not(target_arch = "wasm32"))]
 const KEYS: usize = 16;
+#[cfg(target_arch = "wasm32")]
+const KEYS: usize = 8;
 const QUERIES: usize = 4;
-/// Output dimensions per register block of `P·V` (a whole 64-dimension head: 4 AVX-512 registers per query).
+/// Output dimensions per register block of `P·V`: a whole 64-dimension head natively (4 AVX-512 registers
+/// per query), 16 in wasm (4 registers per query; a whole head was 32 registers for two queries).
+#[cfg(not(target_arch = "wasm32"))]
 const VALUES: usize = 64;
+#[cfg(target_arch = "wasm32")]
+const VALUES: usize = 16;
 /// Queries per pass of `P·V` over the values: 2 × 64 running sums fit AVX-512's registers (8) and AVX2's (16).
 const PAIR: usize = 2;
 
@@ -246,7 +257,7 @@ wide_vectors! {
     /// group of 4 queries transposed (`[head_dim][4]`), so the score loop streams both in order with no bounds
     /// checks and keeps 4 × 16 sums in registers (each score summed over the head's dimensions in order);
     /// scale + mask + softmax fused; `P·V` for 2 queries at once over a contiguous copy of the head's values.
-    fn attention_head(qkv: &[f32], b: usize, h: usize, seq: usize, hidden: usize, head_dim: usize, mask: Option<&[f32]>,
+    fn attention_head(qkv: &[f32], b: usize, h: usize, seq: usize, queries_per_sequence: usize, hidden: usize, head_dim: usize, mask: Option<&[f32]>,
         scratch: &mut Vec<f32>, out: SendPtr) {
         let scale = 1.0 / (head_dim as f32).sqrt();
         let row = |i: usize, part: usize| &qkv[(b * seq + i) * 3 * hidden + part * hidden + h * head_dim..][..head_dim];
@@ -279,8 +290,8 @@ wide_vectors! {
             }
         }
         let mut inv = [0f32; QUERIES];
-        for i0 in (0..seq).step_by(QUERIES) {
-            let count = (seq - i0).min(QUERIES);
+        for i0 in (0..queries_per_sequence).step_by(QUERIES) {
+            let count = (queries_per_sequence - i0).min(QUERIES);
             // A last group of fewer than 4 repeats its first query in the spare slots (computed, not used).
             for n in 0..QUERIES {
                 for (d, &q) in row(if n < count { i0 + n } else { i0 }, 0).iter().enumerate() {
@@ -321,9 +332,9 @@ wide_vectors! {
                 for d0 in (0..head_dim).step_by(VALUES) {
                     let width = (head_dim - d0).min(VALUES);
                     let (mut a, mut z) = ([0f32; VALUES], [0f32; VALUES]);
-                    if head_dim == VALUES {
-                        for ((v, &p), &q) in values.chunks_exact(VALUES).zip(first).zip(second) {
-                            let v: &[f32; VALUES] = v.try_into().unwrap();
+                    if head_dim % VALUES == 0 {
+                        for ((v, &p), &q) in values.chunks_exact(head_dim).zip(first).zip(second) {
+                            let v: &[f32; VALUES] = v[d0..][..VALUES].try_into().unwrap();
                             for c in 0..VALUES {
                                 a[c] += p * v[c];
                                 z[c] += q * v[c];
@@ -340,7 +351,8 @@ wide_vectors! {
                     for (n, sums) in [a, z].iter().enumerate().take(count - n0) {
                         let row = i0 + n0 + n;
                         // SAFETY: the (sequence, head) job owns these columns of these rows.
-                        let dst = unsafe { std::slice::from_raw_parts_mut(out.at((b * seq + row) * hidden + h * head_dim + d0), width) };
+                        let at = (b * queries_per_sequence + row) * hidden + h * head_dim + d0;
+                        let dst = unsafe { std::slice::from_raw_parts_mut(out.at(at), width) };
                         for (d, s) in dst.iter_mut().zip(sums) {
                             *d = s * inv[n0 + n];
                         }

@@ -270,9 +270,10 @@ impl Backend for Cpu {
         if let Some(m) = mask_bias {
             ensure!((m.rows, m.cols) == (s.batch, s.seq), "a mask [{}, {}] for {s:?}", m.rows, m.cols);
         }
-        let mut out = CpuTensor::new(qkv.rows, hidden);
+        let queries = s.queries_per_sequence();
+        let mut out = CpuTensor::new(s.batch * queries, hidden);
         if qkv.rows > 0 {
-            kernels::attention(&qkv.data, s.batch, s.seq, s.heads, mask_bias.map(|m| &m.data[..]), &mut out.data);
+            kernels::attention(&qkv.data, s.batch, s.seq, queries, s.heads, mask_bias.map(|m| &m.data[..]), &mut out.data);
         }
         Ok(out)
     }

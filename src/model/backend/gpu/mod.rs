@@ -519,11 +519,20 @@ impl Backend for Gpu {
         if (s.batch * s.heads) as u32 > MAX_GROUPS {
             bail!("batch × heads = {} is more than one dispatch can take; use smaller batches", s.batch * s.heads);
         }
-        let out = self.tensor(qkv.rows, hidden);
+        let queries = s.queries_per_sequence();
+        let out = self.tensor(s.batch * queries, hidden);
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let params = [s.seq as u32, s.heads as u32, head_dim as u32, hidden as u32, mask_bias.is_some() as u32, scale.to_bits()];
+        let params = [
+            s.seq as u32,
+            s.heads as u32,
+            head_dim as u32,
+            hidden as u32,
+            mask_bias.is_some() as u32,
+            scale.to_bits(),
+            queries as u32,
+        ];
         let mask = mask_bias.map(GpuTensor::buffer).unwrap_or(&self.inner.empty);
-        let groups = (s.seq as u32, (s.batch * s.heads) as u32);
+        let groups = (queries as u32, (s.batch * s.heads) as u32);
         self.dispatch(&self.inner.kernels.attention, &params, &[qkv.buffer(), mask, out.buffer()], groups);
         Ok(out)
     }

@@ -1,5 +1,6 @@
 // Attention for one query row of one head per workgroup, scale + mask + softmax fused: the scores never
-// leave workgroup memory. Reads query, key and value from the stacked `[batch·seq, 3·hidden]` product.
+// leave workgroup memory. Reads query, key and value from the stacked `[batch·seq, 3·hidden]` product; the
+// first `queries` rows of each sequence are queries (all of them, or only the [CLS] token's).
 
 struct Shape {
     seq: u32,
@@ -8,12 +9,13 @@ struct Shape {
     hidden: u32,
     has_mask: u32,
     scale: f32,
+    queries: u32,
 }
 
 @group(0) @binding(0) var<uniform> shape: Shape;
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
 @group(0) @binding(2) var<storage, read> mask_bias: array<f32>;   // [batch][seq], added to every query's scores
-@group(0) @binding(3) var<storage, read_write> output: array<f32>; // [batch·seq][hidden]
+@group(0) @binding(3) var<storage, read_write> output: array<f32>; // [batch·queries][hidden]
 
 const MAX_SEQ: u32 = 1024u;
 const MAX_HEAD_DIM: u32 = 256u;
@@ -82,6 +84,6 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
         for (var j = 0u; j < shape.seq; j++) {
             o = fma(scores[j], qkv[v_base + j * stride + d], o);
         }
-        output[(first + i) * shape.hidden + head * shape.head_dim + d] = o / total;
+        output[(batch * shape.queries + i) * shape.hidden + head * shape.head_dim + d] = o / total;
     }
 }
