@@ -18,7 +18,7 @@ const tower = option('tower', 'vision');
 const model = option('model', `site/models/${tower}.gguf`);
 const runs = Number(option('runs', '6'));
 const image = option('image', null);
-const TEXT = '一位穿着红色外套的年轻女子站在雪后的古老城墙上，远处是连绵的群山和淡蓝色的天空，她正在用手机拍摄夕阳下的城市风景，身边还有一只黑白相间的小狗';
+const TEXT = option('text', null) ?? '一位穿着红色外套的年轻女子站在雪后的古老城墙上，远处是连绵的群山和淡蓝色的天空，她正在用手机拍摄夕阳下的城市风景，身边还有一只黑白相间的小狗';
 
 const glue = await import(pathToFileURL(path.join(pkg, 'tuwen.js')).href);
 await glue.default({ module_or_path: readFileSync(path.join(pkg, 'tuwen_bg.wasm')) });

@@ -1,12 +1,13 @@
 """tuwen's CPU engine next to ONNX Runtime dynamic int8, in one run (a benchmark, not a test).
 
-The CPU's speed drifts on shared machines (2x between days, 20 % within minutes), so ORT runs before and after
-tuwen and the ratio is taken against the mean of the two. Inputs: 52-token texts (ids drawn at random; the
+The CPU's speed drifts on shared machines (2x between days, 20 % within minutes), so the engines alternate
+(ORT, tuwen, ORT, …, --rounds tuwen runs), each measured for the same seconds per shape, and each round's ratio
+is taken against the mean of the ORT runs on either side of it. Inputs: 52-token texts (ids drawn at random; the
 encoder's cost does not depend on which tokens) and 224x224 pixels, batch 1 and 32 texts, 1 and 8 images.
 
     .venv/bin/python scripts/export_onnx.py models/random-chinese-clip-vit-base-patch16 out/onnx
     cargo build --release --example profile_encoders
-    .venv/bin/python scripts/bench_cpu.py [--threads 2]
+    .venv/bin/python scripts/bench_cpu.py [--threads 2] [--rounds 2]
 """
 import argparse
 import os
@@ -33,17 +34,24 @@ def cpu_name():
     return platform.processor()
 
 
-def median_time(f, runs):
+def median_time(f, seconds):
+    """Median seconds per call of `f` over at least `seconds` (two warm-up calls first, at least 3 timed)."""
+    f()
     f()
     times = []
-    for _ in range(runs):
+    begin = time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - begin < seconds:
         start = time.perf_counter()
         f()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def ort_run(threads):
+# (measure, tower, batch, seconds per measurement): each engine gets the same time per measurement.
+SHAPES = [("text b1", "text", 1, 4), ("text b32", "text", 32, 8), ("image b1", "vision", 1, 5), ("image b8", "vision", 8, 10)]
+
+
+def ort_sessions(threads):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -51,27 +59,27 @@ def ort_run(threads):
     vision = ort.InferenceSession(str(ONNX / "vision-int8.onnx"), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
 
-    def ids(batch):
+    def inputs(tower, batch):
+        if tower == "vision":
+            return {"pixel_values": rng.standard_normal((batch, 3, 224, 224), dtype=np.float32)}
         x = rng.integers(100, 20000, (batch, 52)).astype(np.int64)
         x[:, 0], x[:, -1] = 101, 102
         return {"input_ids": x, "attention_mask": np.ones((batch, 52), np.int64)}
 
-    t1, t32 = ids(1), ids(32)
-    p1 = rng.standard_normal((1, 3, 224, 224), dtype=np.float32)
-    p8 = rng.standard_normal((8, 3, 224, 224), dtype=np.float32)
-    return {
-        "text b1": median_time(lambda: text.run(None, t1), 20),
-        "text b32": median_time(lambda: text.run(None, t32), 3),
-        "image b1": median_time(lambda: vision.run(None, {"pixel_values": p1}), 5),
-        "image b8": median_time(lambda: vision.run(None, {"pixel_values": p8}), 3),
-    }
+    def run():
+        out = {}
+        for key, tower, batch, seconds in SHAPES:
+            session, feed = (text if tower == "text" else vision), inputs(tower, batch)
+            out[key] = median_time(lambda: session.run(None, feed), seconds)
+        return out
+
+    return run
 
 
 def tuwen_run(threads):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     out = {}
-    for key, tower, batch, seconds in [("text b1", "text", 1, 5), ("text b32", "text", 32, 8),
-                                       ("image b1", "vision", 1, 5), ("image b8", "vision", 8, 10)]:
+    for key, tower, batch, seconds in SHAPES:
         model = MODEL / f"tuwen-q8_0-{tower}.gguf"
         line = subprocess.run([str(PROFILE), str(model), tower, str(batch), str(seconds)], env=env, check=True,
                               capture_output=True, text=True).stdout
@@ -82,23 +90,31 @@ def tuwen_run(threads):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="tuwen runs, each between two ONNX Runtime runs")
     args = parser.parse_args()
     print(f"{cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads, onnxruntime {ort.__version__}, "
           f"load average {os.getloadavg()[0]:.2f} at start")
-    before = ort_run(args.threads)
-    tuwen = tuwen_run(args.threads)
-    after = ort_run(args.threads)
-    batch = {"text b1": 1, "text b32": 32, "image b1": 1, "image b8": 8}
+    # ORT, tuwen, ORT, tuwen, …, ORT: the machine's drift reaches both engines alike; each round's ratio is
+    # taken against the mean of the ORT runs on either side of it.
+    ort_run = ort_sessions(args.threads)
+    orts, tuwens = [ort_run()], []
+    for _ in range(args.rounds):
+        tuwens.append(tuwen_run(args.threads))
+        orts.append(ort_run())
+    batch = {key: n for key, _, n, _ in SHAPES}
     print()
-    print("| measure | ORT int8 before | tuwen q8_0 | ORT int8 after | tuwen ÷ ORT (throughput) |")
+    print("| measure | ONNX Runtime int8 (median of runs) | tuwen q8_0 (median of runs) | tuwen ÷ ORT (throughput), per round | median |")
     print("|---|---|---|---|---|")
-    for key in before:
-        ort_mean = (before[key] + after[key]) / 2
+    for key, *_ in SHAPES:
         if batch[key] == 1:
             unit = lambda s: f"{s * 1e3:.1f} ms"
         else:
             unit = lambda s, n=batch[key]: f"{n / s:.2f}/s"
-        print(f"| {key} | {unit(before[key])} | {unit(tuwen[key])} | {unit(after[key])} | {ort_mean / tuwen[key]:.2f}× |")
+        ratios = [(orts[i][key] + orts[i + 1][key]) / 2 / t[key] for i, t in enumerate(tuwens)]
+        ort_all, tuwen_all = [o[key] for o in orts], [t[key] for t in tuwens]
+        print(f"| {key} | {unit(statistics.median(ort_all))} ({', '.join(unit(v) for v in ort_all)}) "
+              f"| {unit(statistics.median(tuwen_all))} ({', '.join(unit(v) for v in tuwen_all)}) "
+              f"| {', '.join(f'{r:.2f}×' for r in ratios)} | {statistics.median(ratios):.2f}× |")
 
 
 if __name__ == "__main__":
