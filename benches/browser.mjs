@@ -19,6 +19,7 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { CHROMIUM, chromiumArgs, serve, ROOT, TUWEN } from '../tests/e2e/support.mjs';
+import { LONG_TEXT, textQuery, imageQuery } from './page_queries.mjs';
 
 const args = process.argv.slice(2);
 const option = (name, fallback) => {
@@ -36,8 +37,6 @@ const backendChoice = option('backend', 'auto');
 const simdChoice = option('simd', 'auto');
 // The page's ?threads=: how many WASM threads at most (auto: every core, where the page is isolated).
 const threadsChoice = option('threads', 'auto');
-// 52 tokens after truncation: the longest text the model reads, as in the issue's targets.
-const LONG_TEXT = '一位穿着红色外套的年轻女子站在雪后的古老城墙上，远处是连绵的群山和淡蓝色的天空，她正在用手机拍摄夕阳下的城市风景，身边还有一只黑白相间的小狗';
 
 const load = loadavg()[0];
 if (load > 0.6 && !args.includes('--force')) {
@@ -54,44 +53,6 @@ const median = (xs) => {
 const queryImages = imagesDir
   ? readdirSync(imagesDir).filter((f) => /\.(jpe?g|png|webp)$/i.test(f)).sort().slice(0, runs + 1).map((f) => path.join(imagesDir, f))
   : Array.from({ length: Math.min(runs + 1, manifest.images.count) }, (_, i) => path.join(site, 'thumbnails', `${i}.jpg`));
-
-// One query timed inside the page, as its user sees it: from the moment the query reaches the page (the
-// form's submit, the file input's change: capture listeners on the document, which run before the page's
-// own) to the frame its results are rendered in (the page writes #timings after that frame's
-// requestAnimationFrame; a MutationObserver sees it at once). Neither the harness's round trips to the
-// browser nor a polling interval is counted.
-async function timed(page, start) {
-  await page.evaluate(() => {
-    const timings = document.getElementById('timings');
-    timings.textContent = '';
-    const listening = new AbortController();
-    const started = () => {
-      window.__t0 = performance.now();
-      listening.abort();
-    };
-    for (const type of ['submit', 'change']) document.addEventListener(type, started, { capture: true, signal: listening.signal });
-    window.__done = new Promise((resolve) => {
-      const seen = new MutationObserver(() => {
-        if (!timings.textContent) return;
-        seen.disconnect();
-        resolve(performance.now());
-      });
-      seen.observe(timings, { childList: true, characterData: true, subtree: true });
-    });
-  });
-  await start();
-  return page.evaluate(async () => {
-    const end = await window.__done;
-    const { encodeMs, searchMs, renderMs } = document.getElementById('timings').dataset;
-    return { total: end - window.__t0, encode: Number(encodeMs), search: Number(searchMs), render: Number(renderMs) };
-  });
-}
-
-const textQuery = (page, text) => timed(page, () => page.evaluate((t) => {
-  document.getElementById('text-query').value = t;
-  document.getElementById('text-form').requestSubmit();
-}, text));
-const imageQuery = (page, file) => timed(page, () => page.setInputFiles('#image-input', file));
 
 async function main() {
   const server = await serve(site);

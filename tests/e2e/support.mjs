@@ -12,6 +12,8 @@ export function chromiumArgs({ webgpu }) {
   const args = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
     '--disable-sync', '--no-first-run', '--disable-quic'];
   if (webgpu) args.push('--enable-unsafe-webgpu');
+  // V8 flags for profiling (README: reading Chromium's machine code), e.g. CHROMIUM_JS_FLAGS=--perf-prof.
+  if (process.env.CHROMIUM_JS_FLAGS) args.push(`--js-flags=${process.env.CHROMIUM_JS_FLAGS}`);
   return args;
 }
 
