@@ -19,13 +19,8 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { CHROMIUM, chromiumArgs, serve, ROOT, TUWEN } from '../tests/e2e/support.mjs';
-import { LONG_TEXT, textQuery, imageQuery } from './page_queries.mjs';
+import { LONG_TEXT, args, option, median, textQuery, imageQuery } from './page_queries.mjs';
 
-const args = process.argv.slice(2);
-const option = (name, fallback) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : fallback;
-};
 const site = path.resolve(option('site', path.join(ROOT, 'site')));
 const runs = Number(option('runs', '15'));
 const manifest = JSON.parse(readFileSync(path.join(site, 'manifest.json'), 'utf8'));
@@ -43,11 +38,6 @@ if (load > 0.6 && !args.includes('--force')) {
   console.error(`the 1-minute load average is ${load.toFixed(2)}: something else is running and would distort the timings (--force to run anyway)`);
   process.exit(2);
 }
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 // Query images: the gallery's own files when --images is given, else its thumbnails.
 const queryImages = imagesDir

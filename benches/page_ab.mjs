@@ -13,24 +13,14 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { CHROMIUM, chromiumArgs, serve, TUWEN } from '../tests/e2e/support.mjs';
-import { LONG_TEXT, textQuery, imageQuery } from './page_queries.mjs';
+import { LONG_TEXT, option, median, textQuery, imageQuery } from './page_queries.mjs';
 
-const args = process.argv.slice(2);
-const option = (name, fallback) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : fallback;
-};
 const sites = { A: option('a', null), B: option('b', null) };
 if (!sites.A || !sites.B) throw new Error('usage: page_ab.mjs --a SITE --b SITE [--rounds N] [--simd auto|relaxed] [--threads N]');
 const rounds = Number(option('rounds', '9'));
 const simd = option('simd', 'auto');
 const queries = Object.fromEntries(['A', 'B'].map((name) => [name,
   `backend=cpu&simd=${option(`simd-${name.toLowerCase()}`, simd)}&threads=${option('threads', '1')}`]));
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 const work = mkdtempSync(path.join(tmpdir(), 'tuwen-ab-'));
 execFileSync(TUWEN, ['demo-gallery', '--out', work, '--count', '5'], { stdio: 'ignore' });

@@ -1,4 +1,16 @@
-// How the page benchmarks time a query (benches/browser.mjs, benches/page_ab.mjs).
+// What the page benchmarks share (benches/browser.mjs, benches/page_ab.mjs): their command line, medians,
+// and how a query is timed.
+
+export const args = process.argv.slice(2);
+export const option = (name, fallback) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : fallback;
+};
+
+export const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
 
 // 52 tokens after truncation: the longest text the model reads, as in the issue's targets.
 export const LONG_TEXT = '一位穿着红色外套的年轻女子站在雪后的古老城墙上，远处是连绵的群山和淡蓝色的天空，她正在用手机拍摄夕阳下的城市风景，身边还有一只黑白相间的小狗';
