@@ -90,6 +90,21 @@ threads_cargo() {
   RUSTFLAGS=$THREADS_RUSTFLAGS cargo "+$THREADS_TOOLCHAIN" "$@" --release --target wasm32-unknown-unknown \
     --no-default-features --features threads --target-dir target/wasm-threads -Z build-std=panic_abort,std,test
 }
+# The fourth: threads with relaxed SIMD (its own target dir: std is rebuilt with the flags).
+threads_relaxed_cargo() {
+  RUSTFLAGS=${THREADS_RUSTFLAGS/+simd128,/+simd128,+relaxed-simd,} cargo "+$THREADS_TOOLCHAIN" "$@" --release \
+    --target wasm32-unknown-unknown --no-default-features --features threads --target-dir target/wasm-threads-relaxed \
+    -Z build-std=panic_abort,std,test
+}
+
+# Builds a second module for a package whose JS glue it must share: the glue of `built` (a wasm-bindgen
+# output folder) has to match `pkg`'s but for comments (they name internal shim indices, which differ between
+# builds), since the page loads either module with the package's glue.
+same_glue() {
+  local pkg=$1 built=$2
+  cmp -s <(grep -v '^\s*//' "$pkg/tuwen.js") <(grep -v '^\s*//' "$built/tuwen.js") \
+    || { echo "the JS glue of $built differs from $pkg's" >&2; return 1; }
+}
 
 build_wasm() {
   log "building the wasm package (pkg/)"
@@ -102,23 +117,30 @@ build_wasm() {
     --target-dir target/wasm-relaxed
   rm -rf target/wasm-relaxed/pkg
   wasm-bindgen --target web --out-dir target/wasm-relaxed/pkg target/wasm-relaxed/wasm32-unknown-unknown/release/tuwen.wasm
-  # (Comments name internal shim indices, which differ between the builds; the code must not.)
-  cmp -s <(grep -v '^\s*//' pkg/tuwen.js) <(grep -v '^\s*//' target/wasm-relaxed/pkg/tuwen.js) \
-    || { echo "the relaxed-SIMD build's JS glue differs from the baseline's" >&2; return 1; }
+  same_glue pkg target/wasm-relaxed/pkg
   cp target/wasm-relaxed/pkg/tuwen_bg.wasm pkg/tuwen_bg_relaxed.wasm
   # Threads: its own glue (shared memory, the worker pool's snippet), so its own package folder.
   log "building the threaded wasm package (pkg/threads/)"
   threads_cargo build --lib
   rm -rf pkg/threads
   wasm-bindgen --target web --out-dir pkg/threads target/wasm-threads/wasm32-unknown-unknown/release/tuwen.wasm
+  log "building the threaded relaxed-SIMD module (pkg/threads/tuwen_bg_relaxed.wasm)"
+  threads_relaxed_cargo build --lib
+  rm -rf target/wasm-threads-relaxed/pkg
+  wasm-bindgen --target web --out-dir target/wasm-threads-relaxed/pkg \
+    target/wasm-threads-relaxed/wasm32-unknown-unknown/release/tuwen.wasm
+  same_glue pkg/threads target/wasm-threads-relaxed/pkg
+  cp target/wasm-threads-relaxed/pkg/tuwen_bg.wasm pkg/threads/tuwen_bg_relaxed.wasm
   if [ "${TUWEN_WASM_OPT:-1}" = 1 ]; then
     log "optimising the wasm modules (wasm-opt -O3)"
     local features=(--enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals)
     node_modules/.bin/wasm-opt -O3 "${features[@]}" pkg/tuwen_bg.wasm -o pkg/tuwen_bg.wasm
     node_modules/.bin/wasm-opt -O3 "${features[@]}" --enable-relaxed-simd pkg/tuwen_bg_relaxed.wasm -o pkg/tuwen_bg_relaxed.wasm
     node_modules/.bin/wasm-opt -O3 "${features[@]}" --enable-threads pkg/threads/tuwen_bg.wasm -o pkg/threads/tuwen_bg.wasm
+    node_modules/.bin/wasm-opt -O3 "${features[@]}" --enable-threads --enable-relaxed-simd pkg/threads/tuwen_bg_relaxed.wasm \
+      -o pkg/threads/tuwen_bg_relaxed.wasm
   fi
-  ls -l pkg/tuwen_bg.wasm pkg/tuwen_bg_relaxed.wasm pkg/threads/tuwen_bg.wasm >&2
+  ls -l pkg/tuwen_bg.wasm pkg/tuwen_bg_relaxed.wasm pkg/threads/tuwen_bg.wasm pkg/threads/tuwen_bg_relaxed.wasm >&2
 }
 
 # The model the demo runs: real weights when present, else a full-size random model (labelled as such)

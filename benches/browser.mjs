@@ -3,7 +3,7 @@
 // results) and the worker's encode/search split. Prints a Markdown table for BENCHMARKS.md.
 //
 //   node benches/browser.mjs --site site [--runs 15] [--images DIR] [--peers out/onnx] [--backend auto|cpu|gpu]
-//                            [--simd auto|relaxed] [--threads auto|N]
+//                            [--simd auto|relaxed|simd128] [--threads auto|N]
 //
 // Build the site first (./build.sh builds the demo site into site/). Run on an idle machine: the script
 // refuses to start when the 1-minute load average says something else is running (--force to override).
@@ -28,7 +28,7 @@ const imagesDir = option('images', null);
 const peers = option('peers', null);
 // The page's ?backend=: `gpu` runs the encoders on WebGPU even on a CPU-emulated adapter (SwiftShader here).
 const backendChoice = option('backend', 'auto');
-// The page's ?simd=: `relaxed` loads the relaxed-SIMD wasm module where the browser has it.
+// The page's ?simd=: `auto` (its probe decides), `relaxed` or `simd128`.
 const simdChoice = option('simd', 'auto');
 // The page's ?threads=: how many WASM threads at most (auto: every core, where the page is isolated).
 const threadsChoice = option('threads', 'auto');

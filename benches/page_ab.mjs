@@ -2,8 +2,8 @@
 // query, so that a machine whose speed drifts (a VM's neighbours) moves both alike. For changes to the wasm
 // kernels, whose effect is smaller than the drift between two runs of benches/browser.mjs.
 //
-//   node benches/page_ab.mjs --a SITE --b SITE [--rounds 9] [--simd auto|relaxed] [--threads 1]
-//                            [--simd-a auto|relaxed] [--simd-b auto|relaxed]   (one site, two wasm builds)
+//   node benches/page_ab.mjs --a SITE --b SITE [--rounds 9] [--simd auto|relaxed|simd128] [--threads 1]
+//                            [--simd-a auto|relaxed|simd128] [--simd-b …]   (one site, two wasm builds)
 //
 // Each round runs on A then B (B then A on odd rounds) a 52-token text and a 224×224 image; prints each
 // build's median encode ms and B ÷ A per round with its median. Warm queries only (one of each first).
@@ -16,7 +16,7 @@ import { CHROMIUM, chromiumArgs, serve, TUWEN } from '../tests/e2e/support.mjs';
 import { LONG_TEXT, option, median, textQuery, imageQuery } from './page_queries.mjs';
 
 const sites = { A: option('a', null), B: option('b', null) };
-if (!sites.A || !sites.B) throw new Error('usage: page_ab.mjs --a SITE --b SITE [--rounds N] [--simd auto|relaxed] [--threads N]');
+if (!sites.A || !sites.B) throw new Error('usage: page_ab.mjs --a SITE --b SITE [--rounds N] [--simd auto|relaxed|simd128] [--threads N]');
 const rounds = Number(option('rounds', '9'));
 const simd = option('simd', 'auto');
 const queries = Object.fromEntries(['A', 'B'].map((name) => [name,

@@ -63,6 +63,10 @@ pub struct Manifest {
     /// runs on a pool of Web Workers where the page is cross-origin isolated; absent when the package has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wasm_threads: Option<Asset>,
+    /// The threaded build with relaxed SIMD (`pkg/threads/tuwen_bg_relaxed.wasm`, the threaded glue); absent
+    /// when the package has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm_threads_relaxed: Option<Asset>,
     pub towers: Towers2<Asset>,
     pub images: Gallery,
     pub texts: Gallery,
@@ -195,14 +199,9 @@ impl SiteJob {
                 random_weights: stamp.random_weights.clone(),
             },
             wasm: self.asset(&self.out.join("pkg/tuwen_bg.wasm"))?,
-            wasm_relaxed: match self.out.join(RELAXED_WASM) {
-                path if path.is_file() => Some(self.asset(&path)?),
-                _ => None,
-            },
-            wasm_threads: match self.out.join(THREADS_PKG).join("tuwen_bg.wasm") {
-                path if path.is_file() => Some(self.asset(&path)?),
-                _ => None,
-            },
+            wasm_relaxed: self.optional_asset(&self.out.join(RELAXED_WASM))?,
+            wasm_threads: self.optional_asset(&self.out.join(THREADS_PKG).join("tuwen_bg.wasm"))?,
+            wasm_threads_relaxed: self.optional_asset(&self.out.join(THREADS_PKG).join("tuwen_bg_relaxed.wasm"))?,
             towers: Towers2 { text: self.asset(&text_gguf)?, vision: self.asset(&vision_gguf)? },
             images: Gallery { bundle: self.asset(&images_path)?, count: images.len() },
             texts: Gallery { bundle: self.asset(&texts_path)?, count: texts.len() },
@@ -250,6 +249,11 @@ impl SiteJob {
         let sha256 = fingerprint.trim_start_matches("sha256:").to_string();
         let url = path.strip_prefix(&self.out).unwrap_or(path).to_string_lossy().replace('\\', "/");
         Ok(Asset { url, bytes, sha256 })
+    }
+
+    /// A module the package may lack (the relaxed-SIMD and threaded builds): its asset when the site has it.
+    fn optional_asset(&self, path: &Path) -> Result<Option<Asset>> {
+        if path.is_file() { self.asset(path).map(Some) } else { Ok(None) }
     }
 
     /// `thumbnails/<row>.jpg` for every row of the image bundle; regenerated when the bundle changed.

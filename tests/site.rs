@@ -125,6 +125,37 @@ fn a_site_from_a_gguf_gets_towers_cut_from_it_unchanged() {
 }
 
 #[test]
+fn the_optional_wasm_builds_are_listed_when_the_package_has_them_and_dropped_when_it_no_longer_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pairs, images, pkg) = setup(dir.path(), 4);
+    std::fs::write(pkg.join("tuwen_bg_relaxed.wasm"), b"\0asm\x01\0\0\0relaxed").unwrap();
+    std::fs::create_dir_all(pkg.join("threads/snippets/pool")).unwrap();
+    std::fs::write(pkg.join("threads/tuwen.js"), "export function initThreadPool() {}").unwrap();
+    std::fs::write(pkg.join("threads/tuwen_bg.wasm"), b"\0asm\x01\0\0\0threads").unwrap();
+    std::fs::write(pkg.join("threads/tuwen_bg_relaxed.wasm"), b"\0asm\x01\0\0\0threads relaxed").unwrap();
+    std::fs::write(pkg.join("threads/snippets/pool/workerHelpers.js"), "// the pool").unwrap();
+    let out = dir.path().join("site");
+    job(&tiny_model(), &pairs, &images, &pkg, &out).run().unwrap();
+    let m = manifest(&out);
+    let listed = [(&m.wasm_relaxed, "pkg/tuwen_bg_relaxed.wasm"), (&m.wasm_threads, "pkg/threads/tuwen_bg.wasm"),
+        (&m.wasm_threads_relaxed, "pkg/threads/tuwen_bg_relaxed.wasm")];
+    for (asset, url) in listed {
+        let asset = asset.as_ref().unwrap_or_else(|| panic!("{url} is in the manifest"));
+        let bytes = std::fs::read(out.join(url)).unwrap();
+        assert_eq!((asset.url.as_str(), asset.bytes, asset.sha256.clone()), (url, bytes.len() as u64, sha256_hex(&bytes)));
+    }
+    assert!(out.join("pkg/threads/snippets/pool/workerHelpers.js").is_file(), "the pool's snippet is copied");
+
+    // A package built without them: the site neither lists nor keeps the old copies.
+    std::fs::remove_file(pkg.join("tuwen_bg_relaxed.wasm")).unwrap();
+    std::fs::remove_file(pkg.join("threads/tuwen_bg_relaxed.wasm")).unwrap();
+    job(&tiny_model(), &pairs, &images, &pkg, &out).run().unwrap();
+    let m = manifest(&out);
+    assert!(m.wasm_relaxed.is_none() && m.wasm_threads_relaxed.is_none() && m.wasm_threads.is_some());
+    assert!(!out.join("pkg/tuwen_bg_relaxed.wasm").exists() && !out.join("pkg/threads/tuwen_bg_relaxed.wasm").exists());
+}
+
+#[test]
 fn bad_site_input_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let (pairs, images, pkg) = setup(dir.path(), 4);

@@ -101,41 +101,186 @@ function explainLoadFailure(e, what) {
   return e;
 }
 
-// A module whose one function uses i32x4.relaxed_dot_i8x16_i7x16_add_s: it validates only where the browser
+// --- Which SIMD build: relaxed SIMD's 8-bit dot product is one instruction on some CPUs and five on others.
+// `WebAssembly.validate` says only that the browser has it; a probe times it against the SIMD128 code path.
+
+// Encodes an unsigned LEB128 (sizes, indices, SIMD opcodes).
+function leb(n) {
+  const bytes = [];
+  do {
+    let byte = n & 0x7f;
+    n >>>= 7;
+    if (n) byte |= 0x80;
+    bytes.push(byte);
+  } while (n);
+  return bytes;
+}
+const section = (id, body) => [id, ...leb(body.length), ...body];
+const vec = (items) => [...leb(items.length), ...items.flat()];
+const named = (text) => vec([...new TextEncoder().encode(text)]);
+
+const op = { loop: 0x03, end: 0x0b, brIf: 0x0d, get: 0x20, set: 0x21, tee: 0x22, i32Const: 0x41, i32Add: 0x6a, i32Sub: 0x6b, i32And: 0x71 };
+// i32.const takes a signed LEB128: the same bytes for the small non-negative constants used here, as long as
+// the last byte's sign bit (0x40) is clear.
+function i32Const(n) {
+  const bytes = leb(n);
+  if (bytes[bytes.length - 1] & 0x40) bytes[bytes.length - 1] |= 0x80, bytes.push(0);
+  return [op.i32Const, ...bytes];
+}
+const simd = (code) => [0xfd, ...leb(code)];
+const memarg = (alignLog2, offset) => [alignLog2, ...leb(offset)];
+const v128Load = (offset) => [...simd(0x00), ...memarg(4, offset)];
+const v128Load32Splat = (offset) => [...simd(0x09), ...memarg(2, offset)];
+const v128Load64Splat = (offset) => [...simd(0x0a), ...memarg(3, offset)];
+const i16x8ExtendLowI8x16S = simd(0x87);
+const i16x8ExtendHighI8x16S = simd(0x88);
+const i32x4DotI16x8S = simd(0xba);
+const i32x4Add = simd(0xae);
+const i32x4RelaxedDotI8x16I7x16AddS = simd(0x113);
+const i32x4ExtractLane0 = [...simd(0x1b), 0];
+
+// Both probe functions: (iterations) -> i32, locals 0 = iterations, 1 = byte offset, 2… = v128. Each iteration
+// multiplies two 16-byte weight loads by 4 rows' activations (128 multiply-adds) the way the kernel of that
+// build does (src/model/q8/relaxed_simd.rs, simd128.rs), into 8 accumulators, so neither is latency-bound.
+const WEIGHTS = 1024; // the weights cycle through 1 KiB, the activations sit behind them: all in L1
+function probeBody(step, accumulators, v128Locals) {
+  const acc = (i) => 2 + i;
+  const sum = [op.get, acc(0)];
+  for (let i = 1; i < accumulators; i++) sum.push(op.get, acc(i), ...i32x4Add);
+  const code = [
+    op.loop, 0x40,
+    ...step(acc, accumulators + 2),
+    op.get, 1, ...i32Const(16), op.i32Add, ...i32Const(WEIGHTS - 1), op.i32And, op.set, 1,
+    op.get, 0, ...i32Const(1), op.i32Sub, op.tee, 0, op.brIf, 0,
+    op.end,
+    ...sum, ...i32x4ExtractLane0, op.end,
+  ];
+  const locals = vec([[1, 0x7f], [v128Locals, 0x7b]]);
+  return vec([...locals, ...code]);
+}
+
+// relaxed: per weight load, one relaxed dot per row (its activations' 4 bytes splat).
+function relaxedStep(acc, first) {
+  const rows = (i) => first + i; // 4 splat activation rows
+  const weights = (q) => first + 4 + q;
+  const code = [];
+  for (let r = 0; r < 4; r++) code.push(op.get, 1, ...v128Load32Splat(WEIGHTS + 4 * r), op.set, rows(r));
+  for (let q = 0; q < 2; q++) {
+    code.push(op.get, 1, ...v128Load(16 * q), op.set, weights(q));
+    for (let r = 0; r < 4; r++) {
+      code.push(op.get, weights(q), op.get, rows(r), op.get, acc(4 * q + r), ...i32x4RelaxedDotI8x16I7x16AddS, op.set, acc(4 * q + r));
+    }
+  }
+  return code;
+}
+// simd128: per weight load, both halves widened to i16, then per row two i16 dots and two adds.
+function simd128Step(acc, first) {
+  const [low, high, row] = [first, first + 1, first + 2];
+  const code = [];
+  for (let q = 0; q < 2; q++) {
+    code.push(op.get, 1, ...v128Load(16 * q), op.set, row);
+    code.push(op.get, row, ...i16x8ExtendLowI8x16S, op.set, low, op.get, row, ...i16x8ExtendHighI8x16S, op.set, high);
+    for (let r = 0; r < 4; r++) {
+      code.push(op.get, 1, ...v128Load64Splat(WEIGHTS + 8 * r), op.set, row);
+      code.push(op.get, acc(r), op.get, low, op.get, row, ...i32x4DotI16x8S, ...i32x4Add, op.set, acc(r));
+      code.push(op.get, acc(4 + r), op.get, high, op.get, row, ...i32x4DotI16x8S, ...i32x4Add, op.set, acc(4 + r));
+    }
+  }
+  return code;
+}
+
+// The probe module: memory of one page, `relaxed` and `simd128` exported. It validates only where the browser
 // has relaxed SIMD.
 const RELAXED_SIMD_PROBE = new Uint8Array([
   0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
-  0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7b, // types: () -> v128
-  0x03, 0x02, 0x01, 0x00, // one function of type 0
-  0x0a, 0x3d, 0x01, 0x3b, 0x00, // code: one body of 59 bytes, no locals
-  0xfd, 0x0c, ...new Array(16).fill(0), // v128.const 0 (× 3)
-  0xfd, 0x0c, ...new Array(16).fill(0),
-  0xfd, 0x0c, ...new Array(16).fill(0),
-  0xfd, 0x93, 0x02, // i32x4.relaxed_dot_i8x16_i7x16_add_s
-  0x0b, // end
+  ...section(1, vec([[0x60, 1, 0x7f, 1, 0x7f]])), // one type: (i32) -> i32
+  ...section(3, vec([[0], [0]])), // two functions of it
+  ...section(5, vec([[0x00, 1]])), // one memory, at least one page
+  ...section(7, vec([[...named('relaxed'), 0x00, 0], [...named('simd128'), 0x00, 1]])),
+  ...section(10, vec([probeBody(relaxedStep, 8, 8 + 6), probeBody(simd128Step, 8, 8 + 3)])),
 ]);
+
+// How much faster relaxed SIMD's dot product must time than the SIMD128 path for ?simd=auto to take it: where
+// it is one instruction (x86 with AVX-VNNI: one vpdpbusd) the probe reads ~0.3–0.5 and the encoders ran 0.68–0.70×
+// as long; where it is five (Zen 4: vpmaddubsw + vpmaddwd + …) it reads ~1 and the build is no faster.
+const RELAXED_SIMD_FASTER = 0.8;
+
+// Times both probe functions, alternated; the fastest of 4 rounds each is kept. A round shorter than 3 ms
+// (the timer's resolution is 100 µs in a page that is not cross-origin isolated) doubles the work and starts
+// over — that also lets the engine's optimizing tier take over, which makes the same work faster. About 0.1 s,
+// once per browser (the verdict is cached, see simdVerdict); never more than ~0.3 s on a slow device.
+function timeDotProducts() {
+  const { exports } = new WebAssembly.Instance(new WebAssembly.Module(RELAXED_SIMD_PROBE));
+  const time = (f, n) => {
+    const t0 = now();
+    f(n);
+    return now() - t0;
+  };
+  const deadline = now() + 300;
+  let n = 1 << 12;
+  let best = { relaxed: Infinity, simd128: Infinity };
+  for (let rounds = 0; rounds < 4; ) {
+    const relaxed = time(exports.relaxed, n);
+    const simd128 = time(exports.simd128, n);
+    if (Math.min(relaxed, simd128) < 3 && n < 1 << 26 && now() < deadline) {
+      n *= 2;
+      best = { relaxed: Infinity, simd128: Infinity };
+      rounds = 0;
+      continue;
+    }
+    best = { relaxed: Math.min(best.relaxed, relaxed), simd128: Math.min(best.simd128, simd128) };
+    rounds += 1;
+  }
+  return { relaxedMs: best.relaxed, simd128Ms: best.simd128, ratio: best.relaxed / best.simd128 };
+}
+
+// The probe's verdict, kept in the Cache API per browser version and core count, so the choice (and therefore
+// which module the cache holds for offline use) does not flip between visits on timer noise.
+const PROBE_CACHE = 'tuwen-probe-v1';
+async function simdVerdict() {
+  const key = new URL(`simd-probe?ua=${encodeURIComponent(navigator.userAgent)}&cores=${navigator.hardwareConcurrency || 1}`, self.location.href).href;
+  const cache = await caches.open(PROBE_CACHE).catch(() => null);
+  const kept = cache && (await cache.match(key));
+  if (kept) return { ...(await kept.json()), cached: true };
+  const verdict = timeDotProducts();
+  if (cache) {
+    await cache.keys().then((old) => Promise.all(old.map((request) => cache.delete(request)))).catch(() => {});
+    await cache.put(key, new Response(JSON.stringify(verdict), { headers: { 'Content-Type': 'application/json' } })).catch(() => {});
+  }
+  return { ...verdict, cached: false };
+}
 
 // Threads beyond this many buy little for one query's products and cost a worker's memory each.
 const MAX_THREADS = 8;
 
-// The build to run: ?simd=relaxed the relaxed-SIMD module (single-threaded; where the browser validates it and
-// the site has it: in Chromium 156 on an AVX2 machine without VNNI it was no faster than SIMD128), else the
-// threaded SIMD128 build on a pool of Web Workers where the page is cross-origin isolated (shared memory
-// needs it), else the single-threaded SIMD128 build. ?threads=N caps the pool (1: single-threaded build).
-// The single-threaded SIMD128 build; `why` says why it runs instead of the threaded one ('' when asked for).
-const singleBuild = (manifest, why = '') => ({ glue: './pkg/tuwen.js', asset: manifest.wasm, threads: 1, why });
-
-function chooseBuild(manifest, { simd, threads }) {
-  const single = singleBuild(manifest);
-  if (simd === 'relaxed' && manifest.wasm_relaxed && WebAssembly.validate(RELAXED_SIMD_PROBE)) {
-    return { ...single, asset: manifest.wasm_relaxed };
-  }
+// The build to run: threads × SIMD. Threads: the threaded build on a pool of Web Workers where the page is
+// cross-origin isolated (shared memory needs it) and the device has cores to spare, else single-threaded;
+// ?threads=N caps the pool (1: the single-threaded build). SIMD: ?simd=relaxed the relaxed-SIMD module where
+// the browser validates it and the site has it, ?simd=simd128 the SIMD128 one, and ?simd=auto (the default)
+// relaxed SIMD where the probe timed its dot product faster. `why` says why fewer threads run than asked for.
+async function chooseBuild(manifest, { simd, threads }) {
   const cores = navigator.hardwareConcurrency || 1;
   const asked = /^[0-9]+$/.test(threads || '') ? Number(threads) : cores;
   const wanted = Math.max(1, Math.min(asked, cores, MAX_THREADS));
-  if (wanted < 2 || !manifest.wasm_threads) return single;
-  if (!self.crossOriginIsolated) return singleBuild(manifest, '页面未跨源隔离（需要 COOP/COEP 或本站的 service worker），只用 1 个线程');
-  return { glue: './pkg/threads/tuwen.js', asset: manifest.wasm_threads, threads: wanted, why: '' };
+  let build = { glue: './pkg/tuwen.js', asset: manifest.wasm, relaxed: manifest.wasm_relaxed, threads: 1, why: '' };
+  if (wanted >= 2 && manifest.wasm_threads) {
+    if (self.crossOriginIsolated) {
+      build = { glue: './pkg/threads/tuwen.js', asset: manifest.wasm_threads, relaxed: manifest.wasm_threads_relaxed, threads: wanted, why: '' };
+    } else build.why = '页面未跨源隔离（需要 COOP/COEP 或本站的 service worker），只用 1 个线程';
+  }
+  build.simd = { asked: ['relaxed', 'simd128'].includes(simd) ? simd : 'auto', probe: null };
+  if (build.simd.asked === 'simd128' || !build.relaxed || !WebAssembly.validate(RELAXED_SIMD_PROBE)) return build;
+  if (build.simd.asked === 'auto') {
+    build.simd.probe = await simdVerdict();
+    if (!(build.simd.probe.ratio <= RELAXED_SIMD_FASTER)) return build;
+  }
+  return { ...build, asset: build.relaxed };
+}
+
+// The single-threaded build of the same SIMD, when the pool cannot start.
+function singleBuild(manifest, build, why) {
+  const relaxed = build.asset === build.relaxed && manifest.wasm_relaxed;
+  return { ...build, glue: './pkg/tuwen.js', asset: relaxed || manifest.wasm, relaxed: manifest.wasm_relaxed, threads: 1, why };
 }
 
 // The CPU engine in words: the SIMD the module was built for and the threads its products run on; and why
@@ -145,6 +290,15 @@ let cpuNote = '';
 function describeCpu(level, threads) {
   const simd = level === 'relaxed-simd' ? 'relaxed SIMD' : 'SIMD128';
   return `WASM ${simd} · ${threads} 线程`;
+}
+
+// Why this SIMD build, when the probe chose it.
+function describeSimdChoice({ probe }, level) {
+  if (!probe) return '';
+  const ratio = probe.ratio.toFixed(2);
+  return level === 'relaxed-simd'
+    ? `relaxed SIMD 的 8 位点积实测耗时为 SIMD128 的 ${ratio} 倍，已选用（?simd=simd128 可改回）`
+    : `relaxed SIMD 的 8 位点积在此 CPU 上不够快（耗时为 SIMD128 的 ${ratio} 倍），使用 SIMD128`;
 }
 
 // The backend badge: the Rust side's report ({backend, detail}) in the page's words.
@@ -201,7 +355,7 @@ async function start({ backend: choice, simd, threads }) {
   if (!response.ok) throw new UserError(`无法读取站点清单 manifest.json：HTTP ${response.status}`);
   manifest = await response.json();
   if (manifest.version !== 1) throw new UserError(`不支持的站点清单版本 ${manifest.version}`);
-  let build = chooseBuild(manifest, { simd, threads });
+  let build = await chooseBuild(manifest, { simd, threads });
   if (build.threads === 1) wasm = await loadBuild(build);
   else {
     try {
@@ -211,12 +365,13 @@ async function start({ backend: choice, simd, threads }) {
       // No shared memory this large, or the pool's workers could not start (a Content-Security-Policy that
       // forbids blob: workers): the single-threaded build still works, and the badge says why one thread.
       console.error('WASM threads unavailable:', e);
-      build = singleBuild(manifest, `无法启动 ${build.threads} 个 WASM 线程（${e.message || e}），只用 1 个线程`);
+      build = singleBuild(manifest, build, `无法启动 ${build.threads} 个 WASM 线程（${e.message || e}），只用 1 个线程`);
       wasm = await loadBuild(build);
     }
   }
-  cpuEngine = describeCpu(wasm.simdLevel(), wasm.threadCount());
-  cpuNote = build.why;
+  const level = wasm.simdLevel();
+  cpuEngine = describeCpu(level, wasm.threadCount());
+  cpuNote = [build.why, describeSimdChoice(build.simd, level)].filter(Boolean).join('；');
   backend = await detectBackend(choice || 'auto');
   const [images, texts] = await Promise.all([
     fetchAsset(manifest.images.bundle, '图片索引'),
@@ -227,6 +382,7 @@ async function start({ backend: choice, simd, threads }) {
   return {
     manifest,
     backend,
+    simd: { ...build.simd, level },
     images: { ids: galleries.images.ids },
     texts: { ids: galleries.texts.ids, captions: galleries.texts.captions },
   };

@@ -74,10 +74,30 @@ async function captionResults(page) {
   );
 }
 
-// The badge of the default build: SIMD128 on every core (at most 8) once the page is cross-origin isolated.
-async function expectedCpuBadge(page) {
-  const threads = await page.evaluate(() => (self.crossOriginIsolated ? Math.min(navigator.hardwareConcurrency, 8) : 1));
-  return `WASM SIMD128 · ${threads} 线程`;
+// ?simd=auto's rule (www/worker.js): relaxed SIMD where the probe timed its dot product at most this fraction of
+// the SIMD128 path's time.
+const RELAXED_SIMD_FASTER = 0.8;
+
+// The SIMD level ?simd=auto must have chosen on this page, from the probe's reading the page shows: the test
+// holds on any CPU (V8 lowers relaxed SIMD's dot to one instruction on some, five on others).
+async function autoSimdLevel(page) {
+  const probe = await page.evaluate(() => document.body.dataset.simdProbe);
+  assert.ok(probe !== undefined, 'Chromium has relaxed SIMD and the site its modules: the probe ran');
+  return Number(probe) <= RELAXED_SIMD_FASTER ? 'relaxed SIMD' : 'SIMD128';
+}
+
+// The badge of the default build: the probe's SIMD on every core (at most 8) once the page is cross-origin
+// isolated (`threads` overrides the count).
+async function expectedCpuBadge(page, threads) {
+  threads ??= await page.evaluate(() => (self.crossOriginIsolated ? Math.min(navigator.hardwareConcurrency, 8) : 1));
+  return `WASM ${await autoSimdLevel(page)} · ${threads} 线程`;
+}
+
+// The wasm modules the page's worker fetched (its own resource timings).
+async function modulesLoaded(page) {
+  const worker = page.workers().find((w) => w.url().endsWith('/worker.js'));
+  const loaded = await worker.evaluate(() => performance.getEntriesByType('resource').map((e) => new URL(e.name).pathname));
+  return loaded.filter((p) => p.endsWith('.wasm'));
 }
 
 function assertSameRanking(page, cli, what) {
@@ -241,12 +261,13 @@ test('after one visit the page works offline (service worker + Cache API)', asyn
   await context.close();
 });
 
-// The same text and image queries on the page at `url`: the native CLI's rankings, and the badge says `badge`.
+// The same text and image queries on the page at `url`: the native CLI's rankings, and the badge says `badge`
+// (a function of the page, where the badge depends on the probe).
 async function queriesMatchTheCli(url, badge, what) {
   const query = '白色背景上的一个红色圆形';
   const { context, page } = await openPage(`${url}${url.includes('?') ? '&' : '?'}q=${encodeURIComponent(query)}&k=${K}`);
   await page.waitForFunction((k) => document.querySelectorAll('#image-results li.result').length === k, K, { timeout: 120_000 });
-  assert.equal(await page.textContent('#backend'), badge, what);
+  assert.equal(await page.textContent('#backend'), typeof badge === 'function' ? await badge(page) : badge, what);
   assertSameRanking(await textResults(page), cliSearch('text', 'images.bundle', ['--text', query], K), `${what} text query`);
   await page.setInputFiles('#image-input', path.join(gallery, 'images', 'demo-0003.jpg'));
   await page.waitForFunction((k) => document.querySelectorAll('#text-results li.result').length === k, K, { timeout: 120_000 });
@@ -256,25 +277,49 @@ async function queriesMatchTheCli(url, badge, what) {
   return { context, page };
 }
 
-test('?simd=relaxed runs the relaxed-SIMD wasm module, with the native CLI\'s results, and the choice stays', async () => {
-  // Chromium has relaxed SIMD (since 114); that build is single-threaded.
-  const { context, page } = await queriesMatchTheCli(`${server.url}?simd=relaxed`, 'WASM relaxed SIMD · 1 线程', 'relaxed SIMD');
-  assert.match(new URL(page.url()).search, /simd=relaxed/, 'the choice stays in the URL');
+test('?simd=relaxed runs the relaxed-SIMD modules, threaded and not, with the native CLI\'s results, and the choice stays', async () => {
+  // Chromium has relaxed SIMD (since 114).
+  const cores = Math.min(os.availableParallelism(), 8);
+  const threaded = await queriesMatchTheCli(`${server.url}?simd=relaxed`, `WASM relaxed SIMD · ${cores} 线程`, 'relaxed SIMD');
+  assert.match(new URL(threaded.page.url()).search, /simd=relaxed/, 'the choice stays in the URL');
+  const module = cores > 1 ? '/pkg/threads/tuwen_bg_relaxed.wasm' : '/pkg/tuwen_bg_relaxed.wasm';
+  assert.deepEqual(await modulesLoaded(threaded.page), [module]);
+  assert.equal(await threaded.page.evaluate(() => document.body.dataset.simdProbe), undefined, 'asked for: no probe');
+  await threaded.context.close();
+  const single = await queriesMatchTheCli(`${server.url}?simd=relaxed&threads=1`, 'WASM relaxed SIMD · 1 线程', 'relaxed SIMD, ?threads=1');
+  assert.deepEqual(await modulesLoaded(single.page), ['/pkg/tuwen_bg_relaxed.wasm']);
+  await single.context.close();
+});
+
+test('?simd=auto times relaxed SIMD\'s dot product once, takes the build it found faster, says why, and keeps the verdict', async () => {
+  const cores = Math.min(os.availableParallelism(), 8);
+  const { context, page } = await queriesMatchTheCli(server.url, (p) => expectedCpuBadge(p), 'auto SIMD');
+  const level = await autoSimdLevel(page);
+  const probe = Number(await page.evaluate(() => document.body.dataset.simdProbe));
+  assert.ok(probe > 0 && Number.isFinite(probe), `the probe's ratio ${probe}`);
+  assert.equal(await page.evaluate(() => document.body.dataset.simdProbeCached), 'false', 'the first visit probes');
+  assert.ok((await page.textContent('.backend-reason')).includes(`SIMD128 的 ${probe.toFixed(2)} 倍`), 'the reason gives the ratio');
+  const relaxed = level === 'relaxed SIMD';
+  const module = `/pkg/${cores > 1 ? 'threads/' : ''}tuwen_bg${relaxed ? '_relaxed' : ''}.wasm`;
+  assert.deepEqual(await modulesLoaded(page), [module]);
+  // The next visit takes the kept verdict (so it loads the module the cache holds for offline use).
+  await page.reload();
+  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+  assert.equal(await page.evaluate(() => document.body.dataset.simdProbeCached), 'true');
+  assert.equal(Number(await page.evaluate(() => document.body.dataset.simdProbe)), probe);
+  assert.equal(await page.textContent('#backend'), await expectedCpuBadge(page));
   await context.close();
 });
 
 test('WASM threads: the isolated page runs the threaded build on every core with the CLI\'s results; ?threads=1 runs one', async () => {
   const cores = Math.min(os.availableParallelism(), 8);
-  const threaded = await queriesMatchTheCli(server.url, `WASM SIMD128 · ${cores} 线程`, 'threaded build');
-  // The page's worker fetched the threaded build's module (its own resource timings; the badge's count comes
-  // from that module's pool).
-  const worker = threaded.page.workers().find((w) => w.url().endsWith('/worker.js'));
-  const loaded = await worker.evaluate(() => performance.getEntriesByType('resource').map((e) => new URL(e.name).pathname));
-  const module = cores > 1 ? '/pkg/threads/tuwen_bg.wasm' : '/pkg/tuwen_bg.wasm';
-  assert.ok(loaded.includes(module), `the worker loaded ${module}: ${loaded}`);
+  const threaded = await queriesMatchTheCli(`${server.url}?simd=simd128`, `WASM SIMD128 · ${cores} 线程`, 'threaded build');
+  // The page's worker fetched the threaded build's module (the badge's count comes from that module's pool).
+  assert.deepEqual(await modulesLoaded(threaded.page), [cores > 1 ? '/pkg/threads/tuwen_bg.wasm' : '/pkg/tuwen_bg.wasm']);
   await threaded.context.close();
-  const single = await queriesMatchTheCli(`${server.url}?threads=1`, 'WASM SIMD128 · 1 线程', '?threads=1');
+  const single = await queriesMatchTheCli(`${server.url}?simd=simd128&threads=1`, 'WASM SIMD128 · 1 线程', '?threads=1');
   assert.match(new URL(single.page.url()).search, /threads=1/, 'the choice stays in the URL');
+  assert.deepEqual(await modulesLoaded(single.page), ['/pkg/tuwen_bg.wasm']);
   await single.context.close();
 });
 
@@ -284,7 +329,7 @@ test('without cross-origin isolation (no service worker) the page runs one threa
   await page.goto(server.url);
   await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
   assert.equal(await page.evaluate(() => self.crossOriginIsolated), false);
-  assert.equal(await page.textContent('#backend'), 'WASM SIMD128 · 1 线程');
+  assert.equal(await page.textContent('#backend'), await expectedCpuBadge(page, 1));
   if (os.availableParallelism() > 1) assert.match(await page.textContent('.backend-reason'), /未跨源隔离/);
   await context.close();
 });
@@ -292,7 +337,7 @@ test('without cross-origin isolation (no service worker) the page runs one threa
 test('a host that sends COOP/COEP itself (tuwen serve --isolated) is isolated without the reload', async () => {
   const isolated = await serve(site, { isolated: true });
   try {
-    const { context, page } = await queriesMatchTheCli(isolated.url, `WASM SIMD128 · ${Math.min(os.availableParallelism(), 8)} 线程`, 'serve --isolated');
+    const { context, page } = await queriesMatchTheCli(isolated.url, (p) => expectedCpuBadge(p), 'serve --isolated');
     assert.equal(await page.evaluate(() => sessionStorage.getItem('tuwen-isolation-reload')), null, 'no reload was needed');
     await context.close();
   } finally {
@@ -313,7 +358,7 @@ test('when the pool\'s workers cannot start, the page runs the single-threaded b
     assert.equal(await page.evaluate(() => self.crossOriginIsolated), true);
     if (os.availableParallelism() > 1) {
       assert.ok(glueFetches > 1, 'the pool tried to start');
-      assert.equal(await page.textContent('#backend'), 'WASM SIMD128 · 1 线程');
+      assert.equal(await page.textContent('#backend'), await expectedCpuBadge(page, 1), 'the same SIMD, one thread');
       assert.match(await page.textContent('.backend-reason'), /无法启动 \d+ 个 WASM 线程/);
     }
     await page.waitForFunction((k) => document.querySelectorAll('#image-results li.result').length === k, K, { timeout: 120_000 });
