@@ -4,6 +4,7 @@
 //
 //   node benches/page_ab.mjs --a SITE --b SITE [--rounds 9] [--simd auto|relaxed|simd128] [--threads 1]
 //                            [--simd-a auto|relaxed|simd128] [--simd-b …]   (one site, two wasm builds)
+//                            [--threads-a N] [--threads-b N]                   (one site, two thread counts)
 //
 // Each round runs on A then B (B then A on odd rounds) a 52-token text and a 224×224 image; prints each
 // build's median encode ms and B ÷ A per round with its median. Warm queries only (one of each first).
@@ -19,8 +20,9 @@ const sites = { A: option('a', null), B: option('b', null) };
 if (!sites.A || !sites.B) throw new Error('usage: page_ab.mjs --a SITE --b SITE [--rounds N] [--simd auto|relaxed|simd128] [--threads N]');
 const rounds = Number(option('rounds', '9'));
 const simd = option('simd', 'auto');
+const threads = option('threads', '1');
 const queries = Object.fromEntries(['A', 'B'].map((name) => [name,
-  `backend=cpu&simd=${option(`simd-${name.toLowerCase()}`, simd)}&threads=${option('threads', '1')}`]));
+  `backend=cpu&simd=${option(`simd-${name.toLowerCase()}`, simd)}&threads=${option(`threads-${name.toLowerCase()}`, threads)}`]));
 
 const work = mkdtempSync(path.join(tmpdir(), 'tuwen-ab-'));
 execFileSync(TUWEN, ['demo-gallery', '--out', work, '--count', '5'], { stdio: 'ignore' });
