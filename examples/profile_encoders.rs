@@ -28,6 +28,8 @@ fn main() -> anyhow::Result<()> {
         Ok(())
     };
     run()?;
+    #[cfg(feature = "region-profile")]
+    tuwen::parallel::region_profile::report();
     let (start, cpu_start, mut runs) = (Instant::now(), cpu_seconds(), 0);
     while start.elapsed().as_secs_f64() < seconds {
         run()?;
@@ -42,6 +44,9 @@ fn main() -> anyhow::Result<()> {
         _ => String::new(),
     };
     println!("{} batch {batch}: {:.1} ms per batch, {:.1} items/s ({runs} runs{busy})", tower.name(), per * 1e3, batch as f64 / per);
+    // With `--features region-profile`: each parallel region's wall time and each thread's time in its jobs.
+    #[cfg(feature = "region-profile")]
+    println!("per run:\n{}", tuwen::parallel::region_profile::report_per(runs));
     Ok(())
 }
 

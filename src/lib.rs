@@ -24,6 +24,7 @@ pub mod site;
 pub mod tasks;
 pub mod teddy;
 pub mod tokenize;
+pub mod parallel;
 pub mod util;
 pub mod weights;
 

@@ -37,40 +37,6 @@ pub fn resolve_now<F: std::future::Future>(future: F) -> anyhow::Result<F::Outpu
     }
 }
 
-/// Runs `job(0..n)` on rayon's persistent pool (every thread busy, no thread started per call): natively, and
-/// in the threaded wasm build on its pool of Web Workers; one after another in the single-threaded wasm build.
-pub fn parallel_for(n: usize, job: impl Fn(usize) + Sync + Send) {
-    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
-    {
-        use rayon::prelude::*;
-        if n == 1 {
-            return job(0);
-        }
-        (0..n).into_par_iter().with_max_len(1).for_each(job);
-    }
-    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
-    (0..n).for_each(job);
-}
-
-/// Runs `op` on one of the pool's threads (natively and in the threaded wasm build; here otherwise), waiting
-/// for it. A whole forward pass is run this way: each `parallel_for` inside it then starts from a pool thread,
-/// which takes part in the jobs and goes on at once when they are done, instead of the calling thread
-/// handing every product to the pool and sleeping until it is woken (~100 times per short text).
-pub fn on_pool<R: Send>(op: impl FnOnce() -> R + Send) -> R {
-    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
-    return rayon::scope(|_| op());
-    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
-    op()
-}
-
-/// The threads `parallel_for` runs on: rayon's pool (1 until the page starts one in the threaded wasm build).
-pub fn threads() -> usize {
-    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
-    return rayon::current_num_threads();
-    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
-    1
-}
-
 /// Errors when writing `out` would replace one of `inputs` (the same file under any name: links, `./`,
 /// `..`), e.g. `--out` given the path of `--texts`. Outputs are written by rename, so the input would be lost.
 #[cfg(not(target_arch = "wasm32"))]

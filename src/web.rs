@@ -65,7 +65,7 @@ pub fn simd_level() -> String {
 /// Threads the CPU backend's products run on: 1, or the pool `initThreadPool` started (threaded build only).
 #[wasm_bindgen(js_name = threadCount)]
 pub fn thread_count() -> usize {
-    crate::util::threads()
+    crate::parallel::threads()
 }
 
 /// Starts the pool of Web Workers sharing this module's memory (threaded build, cross-origin isolated page).

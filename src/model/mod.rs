@@ -121,14 +121,14 @@ impl Engine {
     pub async fn embed_tokens(&self, ids: &[u32], mask: &[f32], seq: usize) -> Result<Vec<Vec<f32>>> {
         match self {
             // The CPU answers at once (its future is ready when first polled).
-            Self::Cpu(m) => crate::util::on_pool(|| crate::util::resolve_now(m.embed_tokens(ids, mask, seq)))?,
+            Self::Cpu(m) => crate::parallel::on_pool(|| crate::util::resolve_now(m.embed_tokens(ids, mask, seq)))?,
             Self::Gpu(m) => m.embed_tokens(ids, mask, seq).await,
         }
     }
 
     pub async fn embed_pixels(&self, pixels: &[f32], batch: usize) -> Result<Vec<Vec<f32>>> {
         match self {
-            Self::Cpu(m) => crate::util::on_pool(|| crate::util::resolve_now(m.embed_pixels(pixels, batch)))?,
+            Self::Cpu(m) => crate::parallel::on_pool(|| crate::util::resolve_now(m.embed_pixels(pixels, batch)))?,
             Self::Gpu(m) => m.embed_pixels(pixels, batch).await,
         }
     }

@@ -319,7 +319,7 @@ impl Q8Matrix {
         if let Destination::Quantized { .. } = destination {
             assert!(self.out_dim % BLOCK == 0 && (TILES_PER_JOB * TILE) % BLOCK == 0, "a quantized output is whole blocks");
         }
-        crate::util::parallel_for(rows.div_ceil(ROWS_PER_JOB) * tile_chunks, job);
+        crate::parallel::parallel_for(rows.div_ceil(ROWS_PER_JOB) * tile_chunks, job);
     }
 
     fn tile_view(&self, tile: usize) -> TileView<'_> {
@@ -457,6 +457,13 @@ enum Destination {
 struct SendBytes(*mut u8);
 unsafe impl Send for SendBytes {}
 unsafe impl Sync for SendBytes {}
+impl SendBytes {
+    /// `len` elements of type `T` from element `offset` of a buffer of `T` (a method, so closures capture
+    /// the Sync wrapper, not the raw pointer). SAFETY: in bounds, and no other live reference to them.
+    unsafe fn slice<'a, T>(self, offset: usize, len: usize) -> &'a mut [T] {
+        std::slice::from_raw_parts_mut(self.0.cast::<T>().add(offset), len)
+    }
+}
 
 thread_local! {
     /// A quantized product's job: its f32 tiles before they are quantized.
@@ -647,25 +654,18 @@ impl Q8Rows {
         self.widen();
     }
 
+    /// `job(row, quants, scales)` for every row, rows split among the threads 8 at a time.
     fn rows_in_parallel(&mut self, job: impl Fn(usize, &mut [u8], &mut [f32]) + Sync) {
-        let (in_dim, blocks) = (self.blocks * BLOCK, self.blocks);
-        if self.rows == 0 {
-            return;
-        }
-        #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
-        {
-            use rayon::prelude::*;
-            self.quants
-                .par_chunks_exact_mut(in_dim)
-                .zip(self.scales.par_chunks_exact_mut(blocks))
-                .enumerate()
-                .with_min_len(8)
-                .for_each(|(row, (q, s))| job(row, q, s));
-        }
-        #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
-        for (row, (q, s)) in self.quants.chunks_exact_mut(in_dim).zip(self.scales.chunks_exact_mut(blocks)).enumerate() {
-            job(row, q, s);
-        }
+        const ROWS: usize = 8;
+        let (rows, in_dim, blocks) = (self.rows, self.blocks * BLOCK, self.blocks);
+        let (quants, scales) = (SendBytes(self.quants.as_mut_ptr()), SendBytes(self.scales.as_mut_ptr().cast()));
+        crate::parallel::parallel_for(rows.div_ceil(ROWS), |chunk| {
+            for row in chunk * ROWS..((chunk + 1) * ROWS).min(rows) {
+                // SAFETY: each row belongs to one job; `reshape` sized both buffers for `rows`.
+                let (q, s) = unsafe { (quants.slice(row * in_dim, in_dim), scales.slice(row * blocks, blocks)) };
+                job(row, q, s);
+            }
+        });
     }
 
     /// On wasm without relaxed SIMD, the quants widened once for simd128's i16 dot products: signed (the
@@ -681,16 +681,15 @@ impl Q8Rows {
             // No zeroing: every element is written (a last, partial group's missing rows too).
             self.wide.resize(rows.div_ceil(ROW_GROUP) * ROW_GROUP * in_dim, 0);
             let quants = &self.quants[..rows * in_dim];
-            #[cfg(target_feature = "atomics")]
-            {
-                use rayon::prelude::*;
-                let groups = self.wide.par_chunks_exact_mut(ROW_GROUP * in_dim).enumerate().with_min_len(2);
-                groups.for_each(|(group, wide)| widen_row_group(quants, group, in_dim, wide));
-            }
-            #[cfg(not(target_feature = "atomics"))]
-            for (group, wide) in self.wide.chunks_exact_mut(ROW_GROUP * in_dim).enumerate() {
-                widen_row_group(quants, group, in_dim, wide);
-            }
+            let (wide, group_len) = (SendBytes(self.wide.as_mut_ptr().cast()), ROW_GROUP * in_dim);
+            // Two row groups per job.
+            crate::parallel::parallel_for(rows.div_ceil(ROW_GROUP).div_ceil(2), |job| {
+                for group in 2 * job..(2 * job + 2).min(rows.div_ceil(ROW_GROUP)) {
+                    // SAFETY: each row group belongs to one job; `wide` was sized for every group.
+                    let wide = unsafe { wide.slice(group * group_len, group_len) };
+                    widen_row_group(quants, group, in_dim, wide);
+                }
+            });
         }
     }
 

@@ -5,7 +5,7 @@
 
 use crate::config::Activation;
 use crate::model::math::{activate, exp, larger, wide_vectors};
-use crate::util::parallel_for;
+use crate::parallel::parallel_for;
 
 /// Accumulator lanes of the reductions: wide enough for one AVX2 register, the same order on any width.
 const LANES: usize = 8;

@@ -1,0 +1,502 @@
+//! The CPU backend's threads: `parallel_for` over a forward pass's parallel regions, and `on_pool`, which runs
+//! a whole forward pass with a *team*: the pool's other threads stay with the pass from its first region to its
+//! last, spinning between regions, instead of going to sleep after each one and being woken for the next.
+//! In a browser a sleeping Web Worker takes ~0.1–0.3 ms to wake (`Atomics.wait` / `notify`), and a short
+//! text's pass has ~75 regions of ~1–3 ms: the second worker joined each one late. (ONNX Runtime's pool
+//! spins the same way.) Natively and in the threaded wasm build; in the single-threaded wasm build every
+//! region runs its jobs one after another.
+
+/// Runs `job(0..n)` on the pool's threads, each index once, and returns when all have run: on the pass's
+/// team inside [`on_pool`], else on rayon's pool; one after another in the single-threaded wasm build. Jobs
+/// must not depend on which thread runs them or in what order (each writes its own part of the output), so
+/// results are the same for any number of threads.
+#[cfg_attr(feature = "region-profile", track_caller)]
+pub fn parallel_for(n: usize, job: impl Fn(usize) + Sync + Send) {
+    #[cfg(feature = "region-profile")]
+    let (job, _region) = region_profile::region(std::panic::Location::caller(), job);
+    if n == 1 {
+        return job(0);
+    }
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+    {
+        if team::run_on_current(n, &job) {
+            return;
+        }
+        use rayon::prelude::*;
+        (0..n).into_par_iter().with_max_len(1).for_each(job);
+    }
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+    (0..n).for_each(job);
+}
+
+/// Runs `op` (a forward pass) on one of the pool's threads with the others as its team, waiting for it:
+/// each `parallel_for` inside it starts at once on every thread. Natively and in the threaded wasm build;
+/// here otherwise.
+pub fn on_pool<R: Send>(op: impl FnOnce() -> R + Send) -> R {
+    #[cfg(feature = "region-profile")]
+    let op = region_profile::pass(op);
+    #[cfg(all(feature = "region-profile", target_arch = "wasm32"))]
+    let _log = region_profile::LogOnDrop;
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+    return team::lead(op);
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+    op()
+}
+
+/// The threads `parallel_for` runs on: rayon's pool (1 until the page starts one in the threaded wasm build).
+pub fn threads() -> usize {
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+    return rayon::current_num_threads();
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+    1
+}
+
+#[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+mod team {
+    use std::any::Any;
+    use std::cell::Cell;
+    use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+    use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    type Job<'a> = &'a (dyn Fn(usize) + Sync);
+
+    /// `state`'s fields: the region's generation (bits 40–63), its job count (20–39), the next job to claim
+    /// (0–19). One word, so a claim is one compare-exchange that fails for a thread still holding an
+    /// earlier region's generation.
+    const FIELD: u64 = (1 << 20) - 1;
+    pub(super) const MAX_JOBS: usize = FIELD as usize;
+
+    pub struct Team {
+        state: AtomicU64,
+        /// The region's job: a pointer to a `Job` on the leader's stack, valid while the region runs.
+        job: AtomicPtr<Job<'static>>,
+        /// Jobs of the region finished (by any thread).
+        done: AtomicUsize,
+        finished: AtomicBool,
+        panic: Mutex<Option<Box<dyn Any + Send>>>,
+    }
+
+    thread_local! {
+        /// The team this thread leads, while it runs a pass and is not inside one of its regions.
+        static LEADING: Cell<*const Team> = const { Cell::new(std::ptr::null()) };
+    }
+
+    impl Team {
+        fn new() -> Self {
+            Self {
+                state: AtomicU64::new(0),
+                job: AtomicPtr::new(std::ptr::null_mut()),
+                done: AtomicUsize::new(0),
+                finished: AtomicBool::new(false),
+                panic: Mutex::new(None),
+            }
+        }
+
+        /// The next job of region `generation`, if it has one left.
+        fn claim(&self, generation: u64) -> Option<usize> {
+            let mut state = self.state.load(Ordering::Acquire);
+            loop {
+                if state >> 40 != generation || state & FIELD >= (state >> 20) & FIELD {
+                    return None;
+                }
+                match self.state.compare_exchange_weak(
+                    state,
+                    state + 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Some((state & FIELD) as usize),
+                    Err(now) => state = now,
+                }
+            }
+        }
+
+        /// Runs `job` for each claimed index of region `generation`, counting each as done even when it
+        /// panics (the panic is kept for the leader), so the leader never waits for a job that will not end.
+        fn work(&self, generation: u64, job: impl Fn() -> Job<'static>) {
+            while let Some(index) = self.claim(generation) {
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| job()(index))) {
+                    self.panic
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(panic);
+                }
+                self.done.fetch_add(1, Ordering::Release);
+            }
+        }
+
+        /// The leader's side of one region: publish it, take part, wait until every job has run.
+        fn run(&self, n: usize, job: Job<'_>) {
+            // SAFETY: the pointer is read only by threads that claimed one of this region's jobs, and this
+            // function returns only after every claimed job has finished.
+            let job: Job<'static> = unsafe { std::mem::transmute::<Job<'_>, Job<'static>>(job) };
+            self.job.store(
+                &job as *const Job<'static> as *mut Job<'static>,
+                Ordering::Relaxed,
+            );
+            self.done.store(0, Ordering::Relaxed);
+            let generation = ((self.state.load(Ordering::Relaxed) >> 40) + 1) & ((1 << 24) - 1);
+            self.state
+                .store(generation << 40 | (n as u64) << 20, Ordering::Release);
+            self.work(generation, || job);
+            while self.done.load(Ordering::Acquire) < n {
+                std::hint::spin_loop();
+            }
+            if let Some(panic) = self.panic.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                resume_unwind(panic);
+            }
+        }
+
+        /// A helper's side: run the jobs of every region published until the pass is over.
+        fn help(&self) {
+            let mut seen = 0;
+            while !self.finished.load(Ordering::Acquire) {
+                let generation = self.state.load(Ordering::Acquire) >> 40;
+                if generation == seen {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                seen = generation;
+                // SAFETY: read only after claiming a job of the region it belongs to (see `run`).
+                self.work(generation, || unsafe { *self.job.load(Ordering::Acquire) });
+            }
+        }
+    }
+
+    /// Runs `n` jobs on the team this thread leads, if it leads one (not from inside a region's job):
+    /// returns false otherwise, or when `n` is beyond what the state word counts.
+    pub fn run_on_current(n: usize, job: &(dyn Fn(usize) + Sync)) -> bool {
+        let team = LEADING.with(Cell::get);
+        if team.is_null() || n > MAX_JOBS {
+            return false;
+        }
+        // Jobs that start regions of their own run them on rayon's pool instead.
+        LEADING.with(|l| l.set(std::ptr::null()));
+        let restore = Restore(team);
+        // SAFETY: `team` outlives the pass that set it, and this call is inside that pass.
+        unsafe { &*team }.run(n, job);
+        drop(restore);
+        true
+    }
+
+    /// Puts the team back as this thread's when dropped (after a region, and if a job panicked).
+    struct Restore(*const Team);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LEADING.with(|l| l.set(self.0));
+        }
+    }
+
+    /// Runs `op` on a pool thread that leads the pool's other threads as its team.
+    pub fn lead<R: Send>(op: impl FnOnce() -> R + Send) -> R {
+        let team = Team::new();
+        rayon::scope(|scope| {
+            let helpers = rayon::current_num_threads().saturating_sub(1);
+            if helpers == 0 || !LEADING.with(Cell::get).is_null() {
+                return op();
+            }
+            for _ in 0..helpers {
+                scope.spawn(|_| team.help());
+            }
+            // Whatever `op` does, the helpers are let go and this thread leads no more when it ends.
+            struct Finish<'a>(&'a Team);
+            impl Drop for Finish<'_> {
+                fn drop(&mut self) {
+                    self.0.finished.store(true, Ordering::Release);
+                    LEADING.with(|l| l.set(std::ptr::null()));
+                }
+            }
+            let _finish = Finish(&team);
+            LEADING.with(|l| l.set(&team));
+            op()
+        })
+    }
+}
+
+/// Where a forward pass's time goes between its parallel regions and the threads (feature `region-profile`,
+/// a diagnostic): per region (the `parallel_for` call site), its wall time and each thread's time in its jobs.
+#[cfg(feature = "region-profile")]
+pub mod region_profile {
+    use std::collections::BTreeMap;
+    use std::panic::Location;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    const THREADS: usize = 8;
+
+    #[derive(Default, Clone)]
+    struct Totals {
+        calls: u64,
+        wall_ns: u64,
+        busy_ns: [u64; THREADS],
+        jobs: [u64; THREADS],
+    }
+
+    static REGIONS: Mutex<BTreeMap<(&'static str, u32), Totals>> = Mutex::new(BTreeMap::new());
+    static PASS_NS: AtomicU64 = AtomicU64::new(0);
+
+    /// Nanoseconds on a clock every thread shares.
+    pub fn now_ns() -> u64 {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+            START
+                .get_or_init(std::time::Instant::now)
+                .elapsed()
+                .as_nanos() as u64
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            use wasm_bindgen::JsCast;
+            thread_local! {
+                static NOW: (wasm_bindgen::JsValue, js_sys::Function) = {
+                    let perf = js_sys::Reflect::get(&js_sys::global(), &"performance".into()).unwrap();
+                    let now = js_sys::Reflect::get(&perf, &"now".into()).unwrap().unchecked_into();
+                    (perf, now)
+                };
+            }
+            NOW.with(|(perf, now)| (now.call0(perf).unwrap().as_f64().unwrap() * 1e6) as u64)
+        }
+    }
+
+    fn thread() -> usize {
+        #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+        return rayon::current_thread_index()
+            .unwrap_or(THREADS - 1)
+            .min(THREADS - 1);
+        #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+        0
+    }
+
+    pub struct Region {
+        site: &'static Location<'static>,
+        start: u64,
+        busy: [AtomicU64; THREADS],
+        jobs: [AtomicU64; THREADS],
+    }
+
+    impl Drop for Region {
+        fn drop(&mut self) {
+            let wall = now_ns() - self.start;
+            let mut regions = REGIONS.lock().unwrap();
+            let t = regions
+                .entry((self.site.file(), self.site.line()))
+                .or_default();
+            t.calls += 1;
+            t.wall_ns += wall;
+            for i in 0..THREADS {
+                t.busy_ns[i] += self.busy[i].load(Ordering::Relaxed);
+                t.jobs[i] += self.jobs[i].load(Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn region<'a>(
+        site: &'static Location<'static>,
+        job: impl Fn(usize) + Sync + Send + 'a,
+    ) -> (impl Fn(usize) + Sync + Send + 'a, std::sync::Arc<Region>) {
+        let region = std::sync::Arc::new(Region {
+            site,
+            start: now_ns(),
+            busy: Default::default(),
+            jobs: Default::default(),
+        });
+        let r = region.clone();
+        let timed = move |j: usize| {
+            let t0 = now_ns();
+            job(j);
+            let t = thread();
+            r.busy[t].fetch_add(now_ns() - t0, Ordering::Relaxed);
+            r.jobs[t].fetch_add(1, Ordering::Relaxed);
+        };
+        (timed, region)
+    }
+
+    pub fn pass<R>(op: impl FnOnce() -> R + Send) -> impl FnOnce() -> R + Send {
+        move || {
+            let t0 = now_ns();
+            let r = op();
+            PASS_NS.fetch_add(now_ns() - t0, Ordering::Relaxed);
+            r
+        }
+    }
+
+    /// Logs the report to the console when dropped: on the thread that called `on_pool`.
+    #[cfg(target_arch = "wasm32")]
+    pub struct LogOnDrop;
+
+    #[cfg(target_arch = "wasm32")]
+    impl Drop for LogOnDrop {
+        fn drop(&mut self) {
+            web_sys::console::log_1(&format!("region-profile\n{}", report()).into());
+        }
+    }
+
+    /// The totals since the last report, as a table; resets them.
+    pub fn report() -> String {
+        report_per(1)
+    }
+
+    /// The totals since the last report divided by `passes`; resets them.
+    pub fn report_per(passes: usize) -> String {
+        let n = passes.max(1) as f64;
+        let mut regions = std::mem::take(&mut *REGIONS.lock().unwrap());
+        for t in regions.values_mut() {
+            t.calls = (t.calls as f64 / n).round() as u64;
+            t.wall_ns = (t.wall_ns as f64 / n) as u64;
+            t.busy_ns
+                .iter_mut()
+                .for_each(|b| *b = (*b as f64 / n) as u64);
+            t.jobs
+                .iter_mut()
+                .for_each(|b| *b = (*b as f64 / n).round() as u64);
+        }
+        let pass = PASS_NS.swap(0, Ordering::Relaxed) as f64 / n / 1e6;
+        let wall: f64 = regions.values().map(|t| t.wall_ns as f64 / 1e6).sum();
+        let mut s = format!(
+            "passes {pass:.1} ms, regions {wall:.1} ms, outside regions {:.1} ms\n",
+            pass - wall
+        );
+        s += "site calls wall_ms busy_ms_per_thread jobs_per_thread\n";
+        for ((file, line), t) in &regions {
+            let used = (0..THREADS).filter(|&i| t.jobs[i] > 0).collect::<Vec<_>>();
+            let busy: Vec<String> = used
+                .iter()
+                .map(|&i| format!("{}:{:.1}", i, t.busy_ns[i] as f64 / 1e6))
+                .collect();
+            let jobs: Vec<String> = used.iter().map(|&i| format!("{}", t.jobs[i])).collect();
+            s += &format!(
+                "{file}:{line} {} {:.1} [{}] [{}]\n",
+                t.calls,
+                t.wall_ns as f64 / 1e6,
+                busy.join(" "),
+                jobs.join(" ")
+            );
+        }
+        s
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::{on_pool, parallel_for};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    }
+
+    /// Counts how often each index of `n` ran.
+    fn run_counted(n: usize) -> Vec<usize> {
+        let counts: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+        parallel_for(n, |i| {
+            counts[i].fetch_add(1, Ordering::Relaxed);
+        });
+        counts.into_iter().map(AtomicUsize::into_inner).collect()
+    }
+
+    #[test]
+    fn every_job_runs_once_in_every_region_of_a_pass() {
+        for threads in [1, 2, 3, 4] {
+            pool(threads).install(|| {
+                on_pool(|| {
+                    // Many short regions back to back: a helper still busy with one region's last claim
+                    // must not take a job of the next (each region's jobs are counted separately).
+                    for region in 0..3000 {
+                        let n = [0, 1, 2, 3, 7, 64, 197][region % 7];
+                        assert_eq!(
+                            run_counted(n),
+                            vec![1; n],
+                            "{threads} threads, region {region}"
+                        );
+                    }
+                    // Beyond the team's job counter: rayon runs it.
+                    assert!(run_counted(super::team::MAX_JOBS + 5)
+                        .iter()
+                        .all(|&c| c == 1));
+                });
+                // Outside a pass too.
+                assert_eq!(run_counted(50), vec![1; 50]);
+            });
+        }
+    }
+
+    #[test]
+    fn every_thread_takes_part_in_a_pass() {
+        pool(2).install(|| {
+            on_pool(|| {
+                let seen: Vec<AtomicUsize> = (0..2).map(|_| AtomicUsize::new(0)).collect();
+                // Jobs long enough that the first thread cannot take them all before the helper arrives.
+                for _ in 0..20 {
+                    parallel_for(64, |_| {
+                        seen[rayon::current_thread_index().unwrap()]
+                            .fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                    });
+                }
+                assert!(
+                    seen.iter().all(|s| s.load(Ordering::Relaxed) > 0),
+                    "a thread ran no job"
+                );
+            })
+        });
+    }
+
+    #[test]
+    fn regions_inside_jobs_and_passes_inside_passes_run() {
+        pool(2).install(|| {
+            on_pool(|| {
+                let total = AtomicUsize::new(0);
+                parallel_for(8, |_| {
+                    parallel_for(5, |_| {
+                        total.fetch_add(1, Ordering::Relaxed);
+                    });
+                });
+                assert_eq!(total.load(Ordering::Relaxed), 40);
+                assert_eq!(on_pool(|| run_counted(9)), vec![1; 9]);
+            })
+        });
+    }
+
+    #[test]
+    fn a_panicking_job_ends_the_pass_with_its_panic_and_the_pool_still_works() {
+        let pool = pool(2);
+        for _ in 0..20 {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.install(|| {
+                    on_pool(|| {
+                        parallel_for(32, |i| {
+                            if i == 17 {
+                                panic!("job 17 failed");
+                            }
+                        })
+                    })
+                })
+            }));
+            let message = result.expect_err("the panic reaches the caller");
+            assert_eq!(message.downcast_ref::<&str>(), Some(&"job 17 failed"));
+        }
+        assert_eq!(pool.install(|| on_pool(|| run_counted(33))), vec![1; 33]);
+    }
+
+    #[test]
+    fn passes_from_several_threads_at_once_all_finish() {
+        let pool = pool(2);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        let counts = pool.install(|| {
+                            on_pool(|| (0..10).map(|_| run_counted(40)).collect::<Vec<_>>())
+                        });
+                        assert!(counts.iter().all(|c| c == &vec![1; 40]));
+                    }
+                });
+            }
+        });
+    }
+}
