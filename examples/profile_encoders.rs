@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
     };
     run()?;
     #[cfg(feature = "region-profile")]
-    tuwen::parallel::region_profile::report();
+    drop(tuwen::parallel::region_profile::report(1)); // the warm-up run is not counted
     let (start, cpu_start, mut runs) = (Instant::now(), cpu_seconds(), 0);
     while start.elapsed().as_secs_f64() < seconds {
         run()?;
@@ -46,7 +46,7 @@ fn main() -> anyhow::Result<()> {
     println!("{} batch {batch}: {:.1} ms per batch, {:.1} items/s ({runs} runs{busy})", tower.name(), per * 1e3, batch as f64 / per);
     // With `--features region-profile`: each parallel region's wall time and each thread's time in its jobs.
     #[cfg(feature = "region-profile")]
-    println!("per run:\n{}", tuwen::parallel::region_profile::report_per(runs));
+    println!("per run:\n{}", tuwen::parallel::region_profile::report(runs));
     Ok(())
 }
 

@@ -13,7 +13,9 @@
 #[cfg_attr(feature = "region-profile", track_caller)]
 pub fn parallel_for(n: usize, job: impl Fn(usize) + Sync + Send) {
     #[cfg(feature = "region-profile")]
-    let (job, _region) = region_profile::region(std::panic::Location::caller(), job);
+    let region = region_profile::Region::start(std::panic::Location::caller());
+    #[cfg(feature = "region-profile")]
+    let job = |j: usize| region.time(|| job(j));
     if n == 1 {
         return job(0);
     }
@@ -41,6 +43,12 @@ pub fn on_pool<R: Send>(op: impl FnOnce() -> R + Send) -> R {
     return team::lead(op);
     #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     op()
+}
+
+/// `job(range)` over `0..n` cut into ranges of `per_job` (the last one shorter), on [`parallel_for`].
+#[cfg_attr(feature = "region-profile", track_caller)]
+pub fn parallel_ranges(n: usize, per_job: usize, job: impl Fn(std::ops::Range<usize>) + Sync + Send) {
+    parallel_for(n.div_ceil(per_job), |j| job(j * per_job..((j + 1) * per_job).min(n)));
 }
 
 /// The threads `parallel_for` runs on: rayon's pool (1 until the page starts one in the threaded wasm build).
@@ -100,12 +108,7 @@ mod team {
                 if state >> 40 != generation || state & FIELD >= (state >> 20) & FIELD {
                     return None;
                 }
-                match self.state.compare_exchange_weak(
-                    state,
-                    state + 1,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
+                match self.state.compare_exchange_weak(state, state + 1, Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => return Some((state & FIELD) as usize),
                     Err(now) => state = now,
                 }
@@ -117,10 +120,7 @@ mod team {
         fn work(&self, generation: u64, job: impl Fn() -> Job<'static>) {
             while let Some(index) = self.claim(generation) {
                 if let Err(panic) = catch_unwind(AssertUnwindSafe(|| job()(index))) {
-                    self.panic
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(panic);
+                    self.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(panic);
                 }
                 self.done.fetch_add(1, Ordering::Release);
             }
@@ -131,14 +131,10 @@ mod team {
             // SAFETY: the pointer is read only by threads that claimed one of this region's jobs, and this
             // function returns only after every claimed job has finished.
             let job: Job<'static> = unsafe { std::mem::transmute::<Job<'_>, Job<'static>>(job) };
-            self.job.store(
-                &job as *const Job<'static> as *mut Job<'static>,
-                Ordering::Relaxed,
-            );
+            self.job.store(&job as *const Job<'static> as *mut Job<'static>, Ordering::Relaxed);
             self.done.store(0, Ordering::Relaxed);
             let generation = ((self.state.load(Ordering::Relaxed) >> 40) + 1) & ((1 << 24) - 1);
-            self.state
-                .store(generation << 40 | (n as u64) << 20, Ordering::Release);
+            self.state.store(generation << 40 | (n as u64) << 20, Ordering::Release);
             self.work(generation, || job);
             while self.done.load(Ordering::Acquire) < n {
                 std::hint::spin_loop();
@@ -241,10 +237,7 @@ pub mod region_profile {
         #[cfg(not(target_arch = "wasm32"))]
         {
             static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-            START
-                .get_or_init(std::time::Instant::now)
-                .elapsed()
-                .as_nanos() as u64
+            START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
         }
         #[cfg(target_arch = "wasm32")]
         {
@@ -262,13 +255,12 @@ pub mod region_profile {
 
     fn thread() -> usize {
         #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
-        return rayon::current_thread_index()
-            .unwrap_or(THREADS - 1)
-            .min(THREADS - 1);
+        return rayon::current_thread_index().unwrap_or(THREADS - 1).min(THREADS - 1);
         #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
         0
     }
 
+    /// One `parallel_for` call: recorded when dropped.
     pub struct Region {
         site: &'static Location<'static>,
         start: u64,
@@ -276,13 +268,26 @@ pub mod region_profile {
         jobs: [AtomicU64; THREADS],
     }
 
+    impl Region {
+        pub fn start(site: &'static Location<'static>) -> Self {
+            Self { site, start: now_ns(), busy: Default::default(), jobs: Default::default() }
+        }
+
+        /// Runs one job, adding its time to the thread that ran it.
+        pub fn time(&self, job: impl FnOnce()) {
+            let start = now_ns();
+            job();
+            let t = thread();
+            self.busy[t].fetch_add(now_ns() - start, Ordering::Relaxed);
+            self.jobs[t].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     impl Drop for Region {
         fn drop(&mut self) {
             let wall = now_ns() - self.start;
-            let mut regions = REGIONS.lock().unwrap();
-            let t = regions
-                .entry((self.site.file(), self.site.line()))
-                .or_default();
+            let mut regions = REGIONS.lock().unwrap_or_else(|e| e.into_inner());
+            let t = regions.entry((self.site.file(), self.site.line())).or_default();
             t.calls += 1;
             t.wall_ns += wall;
             for i in 0..THREADS {
@@ -290,27 +295,6 @@ pub mod region_profile {
                 t.jobs[i] += self.jobs[i].load(Ordering::Relaxed);
             }
         }
-    }
-
-    pub fn region<'a>(
-        site: &'static Location<'static>,
-        job: impl Fn(usize) + Sync + Send + 'a,
-    ) -> (impl Fn(usize) + Sync + Send + 'a, std::sync::Arc<Region>) {
-        let region = std::sync::Arc::new(Region {
-            site,
-            start: now_ns(),
-            busy: Default::default(),
-            jobs: Default::default(),
-        });
-        let r = region.clone();
-        let timed = move |j: usize| {
-            let t0 = now_ns();
-            job(j);
-            let t = thread();
-            r.busy[t].fetch_add(now_ns() - t0, Ordering::Relaxed);
-            r.jobs[t].fetch_add(1, Ordering::Relaxed);
-        };
-        (timed, region)
     }
 
     pub fn pass<R>(op: impl FnOnce() -> R + Send) -> impl FnOnce() -> R + Send {
@@ -329,42 +313,27 @@ pub mod region_profile {
     #[cfg(target_arch = "wasm32")]
     impl Drop for LogOnDrop {
         fn drop(&mut self) {
-            web_sys::console::log_1(&format!("region-profile\n{}", report()).into());
+            web_sys::console::log_1(&format!("region-profile\n{}", report(1)).into());
         }
     }
 
-    /// The totals since the last report, as a table; resets them.
-    pub fn report() -> String {
-        report_per(1)
-    }
-
-    /// The totals since the last report divided by `passes`; resets them.
-    pub fn report_per(passes: usize) -> String {
+    /// The totals since the last report divided by `passes`, as a table; resets them.
+    pub fn report(passes: usize) -> String {
         let n = passes.max(1) as f64;
-        let mut regions = std::mem::take(&mut *REGIONS.lock().unwrap());
+        let mut regions = std::mem::take(&mut *REGIONS.lock().unwrap_or_else(|e| e.into_inner()));
         for t in regions.values_mut() {
             t.calls = (t.calls as f64 / n).round() as u64;
             t.wall_ns = (t.wall_ns as f64 / n) as u64;
-            t.busy_ns
-                .iter_mut()
-                .for_each(|b| *b = (*b as f64 / n) as u64);
-            t.jobs
-                .iter_mut()
-                .for_each(|b| *b = (*b as f64 / n).round() as u64);
+            t.busy_ns.iter_mut().for_each(|b| *b = (*b as f64 / n) as u64);
+            t.jobs.iter_mut().for_each(|b| *b = (*b as f64 / n).round() as u64);
         }
         let pass = PASS_NS.swap(0, Ordering::Relaxed) as f64 / n / 1e6;
         let wall: f64 = regions.values().map(|t| t.wall_ns as f64 / 1e6).sum();
-        let mut s = format!(
-            "passes {pass:.1} ms, regions {wall:.1} ms, outside regions {:.1} ms\n",
-            pass - wall
-        );
+        let mut s = format!("passes {pass:.1} ms, regions {wall:.1} ms, outside regions {:.1} ms\n", pass - wall);
         s += "site calls wall_ms busy_ms_per_thread jobs_per_thread\n";
         for ((file, line), t) in &regions {
             let used = (0..THREADS).filter(|&i| t.jobs[i] > 0).collect::<Vec<_>>();
-            let busy: Vec<String> = used
-                .iter()
-                .map(|&i| format!("{}:{:.1}", i, t.busy_ns[i] as f64 / 1e6))
-                .collect();
+            let busy: Vec<String> = used.iter().map(|&i| format!("{}:{:.1}", i, t.busy_ns[i] as f64 / 1e6)).collect();
             let jobs: Vec<String> = used.iter().map(|&i| format!("{}", t.jobs[i])).collect();
             s += &format!(
                 "{file}:{line} {} {:.1} [{}] [{}]\n",
@@ -384,10 +353,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn pool(threads: usize) -> rayon::ThreadPool {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap()
     }
 
     /// Counts how often each index of `n` ran.
@@ -408,16 +374,10 @@ mod tests {
                     // must not take a job of the next (each region's jobs are counted separately).
                     for region in 0..3000 {
                         let n = [0, 1, 2, 3, 7, 64, 197][region % 7];
-                        assert_eq!(
-                            run_counted(n),
-                            vec![1; n],
-                            "{threads} threads, region {region}"
-                        );
+                        assert_eq!(run_counted(n), vec![1; n], "{threads} threads, region {region}");
                     }
                     // Beyond the team's job counter: rayon runs it.
-                    assert!(run_counted(super::team::MAX_JOBS + 5)
-                        .iter()
-                        .all(|&c| c == 1));
+                    assert!(run_counted(super::team::MAX_JOBS + 5).iter().all(|&c| c == 1));
                 });
                 // Outside a pass too.
                 assert_eq!(run_counted(50), vec![1; 50]);
@@ -433,15 +393,11 @@ mod tests {
                 // Jobs long enough that the first thread cannot take them all before the helper arrives.
                 for _ in 0..20 {
                     parallel_for(64, |_| {
-                        seen[rayon::current_thread_index().unwrap()]
-                            .fetch_add(1, Ordering::Relaxed);
+                        seen[rayon::current_thread_index().unwrap()].fetch_add(1, Ordering::Relaxed);
                         std::thread::sleep(std::time::Duration::from_micros(200));
                     });
                 }
-                assert!(
-                    seen.iter().all(|s| s.load(Ordering::Relaxed) > 0),
-                    "a thread ran no job"
-                );
+                assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) > 0), "a thread ran no job");
             })
         });
     }
@@ -490,9 +446,7 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     for _ in 0..50 {
-                        let counts = pool.install(|| {
-                            on_pool(|| (0..10).map(|_| run_counted(40)).collect::<Vec<_>>())
-                        });
+                        let counts = pool.install(|| on_pool(|| (0..10).map(|_| run_counted(40)).collect::<Vec<_>>()));
                         assert!(counts.iter().all(|c| c == &vec![1; 40]));
                     }
                 });

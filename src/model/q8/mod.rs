@@ -659,8 +659,8 @@ impl Q8Rows {
         const ROWS: usize = 8;
         let (rows, in_dim, blocks) = (self.rows, self.blocks * BLOCK, self.blocks);
         let (quants, scales) = (SendBytes(self.quants.as_mut_ptr()), SendBytes(self.scales.as_mut_ptr().cast()));
-        crate::parallel::parallel_for(rows.div_ceil(ROWS), |chunk| {
-            for row in chunk * ROWS..((chunk + 1) * ROWS).min(rows) {
+        crate::parallel::parallel_ranges(rows, ROWS, |rows| {
+            for row in rows {
                 // SAFETY: each row belongs to one job; `reshape` sized both buffers for `rows`.
                 let (q, s) = unsafe { (quants.slice(row * in_dim, in_dim), scales.slice(row * blocks, blocks)) };
                 job(row, q, s);
@@ -683,8 +683,8 @@ impl Q8Rows {
             let quants = &self.quants[..rows * in_dim];
             let (wide, group_len) = (SendBytes(self.wide.as_mut_ptr().cast()), ROW_GROUP * in_dim);
             // Two row groups per job.
-            crate::parallel::parallel_for(rows.div_ceil(ROW_GROUP).div_ceil(2), |job| {
-                for group in 2 * job..(2 * job + 2).min(rows.div_ceil(ROW_GROUP)) {
+            crate::parallel::parallel_ranges(rows.div_ceil(ROW_GROUP), 2, |groups| {
+                for group in groups {
                     // SAFETY: each row group belongs to one job; `wide` was sized for every group.
                     let wide = unsafe { wide.slice(group * group_len, group_len) };
                     widen_row_group(quants, group, in_dim, wide);

@@ -5,7 +5,7 @@
 
 use crate::config::Activation;
 use crate::model::math::{activate, exp, larger, wide_vectors};
-use crate::parallel::parallel_for;
+use crate::parallel::{parallel_for, parallel_ranges};
 
 /// Accumulator lanes of the reductions: wide enough for one AVX2 register, the same order on any width.
 const LANES: usize = 8;
@@ -183,8 +183,8 @@ pub fn layer_norm(x: &[f32], cols: usize, weight: &[f32], bias: &[f32], eps: f32
     let rows = x.len() / cols;
     let out_ptr = SendPtr(out.as_mut_ptr());
     const CHUNK: usize = 16;
-    parallel_for(rows.div_ceil(CHUNK), |chunk| {
-        layer_norm_rows(x, cols, chunk * CHUNK, ((chunk + 1) * CHUNK).min(rows), weight, bias, eps, out_ptr);
+    parallel_ranges(rows, CHUNK, |range| {
+        layer_norm_rows(x, cols, range.start, range.end, weight, bias, eps, out_ptr);
     });
 }
 
