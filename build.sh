@@ -196,7 +196,8 @@ serve() {
 run_tests() {
   local failed=()
   log "native tests"
-  cargo test --release --no-fail-fast || failed+=("native (cargo test)")
+  # release-tests: release without LTO (Cargo.toml), so ~20 test binaries link in seconds, not a minute each.
+  cargo test --profile release-tests --no-fail-fast || failed+=("native (cargo test)")
   log "wasm tests in headless Chromium"
   # The runner's limit (WASM_BINDGEN_TEST_TIMEOUT, default 20 s) is for the whole suite, not per test; the
   # WebGPU tests run on Chromium's CPU-emulated adapter here and took longer than 20 s on a loaded machine.
@@ -211,7 +212,7 @@ run_tests() {
     || failed+=("wasm threads (tests/web.rs in Chromium)")
   log "the page end to end (Playwright + Chromium)"
   if build_wasm; then
-    node --test --test-concurrency=1 tests/e2e/ || failed+=("page (tests/e2e)")
+    TUWEN_BIN="$PWD/target/release-tests/tuwen" node --test --test-concurrency=1 tests/e2e/ || failed+=("page (tests/e2e)")
   else
     failed+=("page (the wasm package did not build)")
   fi

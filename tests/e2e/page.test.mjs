@@ -2,8 +2,9 @@
 // with the real `tuwen site` command from a generated gallery and the tiny random fixture model, served
 // by `tuwen serve`, and every result the page shows is checked against the native CLI on the same files.
 //
-// Needs: target/release/tuwen and pkg/ (./build.sh test builds both). TUWEN_SCREENSHOTS=DIR saves a
-// screenshot of each state (docs/screenshots is made this way, with a CJK font installed: fonts-wqy-microhei).
+// Needs: the tuwen CLI (TUWEN_BIN, default target/release/tuwen) and pkg/ (./build.sh test builds both).
+// TUWEN_SCREENSHOTS=DIR saves a screenshot of each state (docs/screenshots is made this way, with a CJK font
+// installed: fonts-wqy-microhei).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
