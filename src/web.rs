@@ -62,6 +62,39 @@ pub fn simd_level() -> String {
     if cfg!(target_feature = "relaxed-simd") { "relaxed-simd" } else { "simd128" }.into()
 }
 
+/// How the relaxed-SIMD build computes its 8-bit dot products: "accumulate" (`i32x4.relaxed_dot_i8x16_i7x16_add`)
+/// or "pairs" (`i16x8.relaxed_dot_i8x16_i7x16_s`, then `i32x4.extadd_pairwise_i16x8_s`); the same bits either
+/// way, the faster one depends on the CPU (the page's probe times both). "" in the SIMD128 build, which has
+/// no 8-bit dot products.
+#[wasm_bindgen(js_name = dotForm)]
+pub fn dot_form() -> String {
+    #[cfg(target_feature = "relaxed-simd")]
+    return match crate::model::q8::dot_form() {
+        crate::model::q8::DotForm::Accumulate => "accumulate",
+        crate::model::q8::DotForm::Pairs => "pairs",
+    }
+    .into();
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    String::new()
+}
+
+/// Chooses the relaxed-SIMD build's dot-product form ([`dot_form`]'s names) for every product from now on.
+#[wasm_bindgen(js_name = setDotForm)]
+pub fn set_dot_form(form: &str) -> Result<(), JsError> {
+    #[cfg(target_feature = "relaxed-simd")]
+    {
+        use crate::model::q8::{set_dot_form, DotForm};
+        match form {
+            "accumulate" => set_dot_form(DotForm::Accumulate),
+            "pairs" => set_dot_form(DotForm::Pairs),
+            _ => return Err(JsError::new(&format!("unknown dot-product form {form:?} (accumulate or pairs)"))),
+        }
+        Ok(())
+    }
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    Err(JsError::new(&format!("the SIMD128 build has no 8-bit dot products to compute as {form:?}")))
+}
+
 /// Threads the CPU backend's products run on: 1, or the pool `initThreadPool` started (threaded build only).
 #[wasm_bindgen(js_name = threadCount)]
 pub fn thread_count() -> usize {

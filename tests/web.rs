@@ -142,15 +142,49 @@ async fn wasm_quantized_embeddings_equal_native() {
     assert!(truncated.is_err(), "a truncated GGUF is refused");
 }
 
-/// This build's q8_0 kernel (simd128, or relaxed SIMD in the second build) against q8_0 arithmetic done the
-/// obvious way, on shapes that are not multiples of the kernel's tiles and row groups, with -128 weights.
+/// This build's q8_0 kernel (simd128, or relaxed SIMD in the second build, in both its dot-product forms)
+/// against q8_0 arithmetic done the obvious way.
 #[wasm_bindgen_test]
 async fn wasm_q8_kernel_matches_reference() {
     threads().await;
-    use tuwen::model::q8::{Q8Matrix, BLOCK};
     let expected_kernel = if cfg!(target_feature = "relaxed-simd") { "relaxed-simd" } else { "simd128" };
-    let mut seed = 7u64;
-    let mut random = |n: usize| pseudo_random(&mut seed, n);
+    // The relaxed build computes its dot products in either of two forms (src/model/q8/relaxed_simd.rs):
+    // both against the reference, and bit for bit against each other.
+    #[cfg(target_feature = "relaxed-simd")]
+    let forms = [tuwen::model::q8::DotForm::Accumulate, tuwen::model::q8::DotForm::Pairs];
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    let forms = [()];
+    let mut results: Vec<Vec<Vec<f32>>> = Vec::new();
+    for form in forms {
+        #[cfg(target_feature = "relaxed-simd")]
+        tuwen::model::q8::set_dot_form(form);
+        let _ = form;
+        let mut seed = 7u64; // the same inputs for every form
+        results.push(kernel_against_reference(expected_kernel, &mut |n| pseudo_random(&mut seed, n)));
+    }
+    // The page's way in: the form by name, an unknown name refused; the SIMD128 build has no forms.
+    if cfg!(target_feature = "relaxed-simd") {
+        ok(tuwen::web::set_dot_form("pairs"), "setDotForm(pairs)");
+        assert_eq!(tuwen::web::dot_form(), "pairs");
+        ok(tuwen::web::set_dot_form("accumulate"), "setDotForm(accumulate)");
+        assert_eq!(tuwen::web::dot_form(), "accumulate");
+    } else {
+        assert_eq!(tuwen::web::dot_form(), "");
+        assert!(tuwen::web::set_dot_form("pairs").is_err());
+    }
+    assert!(tuwen::web::set_dot_form("fastest").is_err(), "an unknown form is refused");
+    for other in &results[1..] {
+        for (a, b) in results[0].iter().zip(other) {
+            assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "the dot-product forms differ");
+        }
+    }
+}
+
+/// Products of random q8_0 matrices (shapes that are not multiples of the kernel's tiles and row groups, -128
+/// weights) against the arithmetic done the obvious way; the products' outputs, for comparing kernels.
+fn kernel_against_reference(expected_kernel: &str, random: &mut impl FnMut(usize) -> Vec<f32>) -> Vec<Vec<f32>> {
+    use tuwen::model::q8::{Q8Matrix, BLOCK};
+    let mut outputs = Vec::new();
     for (rows, out_dim, in_dim) in [(1, 16, 32), (3, 5, 64), (6, 37, 96), (52, 48, 256), (197, 20, 64)] {
         // Every 7th weight the most negative q8_0 allows (-128 × scale): the largest pair sums the 8-bit dot
         // products see.
@@ -163,6 +197,7 @@ async fn wasm_q8_kernel_matches_reference() {
         assert_eq!(w.kernel_name(), expected_kernel);
         let (x, bias) = (random(rows * in_dim), random(out_dim));
         let got = w.matmul(&x, rows, Some(&bias));
+        outputs.push(got.clone());
         let wf = w.dequantize();
         // Activations quantized per 32-block to 7 bits: scale max|x|/63, round to nearest.
         let xq: Vec<f32> = x
@@ -180,6 +215,7 @@ async fn wasm_q8_kernel_matches_reference() {
             }
         }
     }
+    outputs
 }
 
 /// q8_0 bytes for `weights` `[out, in]` whose blocks' scale is max |w| / 128, so each block's most negative

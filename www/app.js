@@ -352,9 +352,11 @@ async function main() {
     showModel(init.manifest, init.backend);
     // What the SIMD choice rested on, for whoever checks it (tests, benchmarks).
     document.body.dataset.simd = init.simd.level;
+    document.body.dataset.dotForm = init.simd.dotForm; // the relaxed build's dot-product form ('' in SIMD128)
     if (init.simd.probe) {
       document.body.dataset.simdProbe = String(init.simd.probe.ratio);
       document.body.dataset.simdProbeCached = String(init.simd.probe.cached);
+      document.body.dataset.simdProbeForm = init.simd.probe.form;
     }
     state.ready = true;
     for (const id of ['text-query', 'text-search', 'image-input']) $(id).disabled = false;

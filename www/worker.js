@@ -102,7 +102,8 @@ function explainLoadFailure(e, what) {
 }
 
 // --- Which SIMD build: relaxed SIMD's 8-bit dot product is one instruction on some CPUs and five on others.
-// `WebAssembly.validate` says only that the browser has it; a probe times it against the SIMD128 code path.
+// `WebAssembly.validate` says only that the browser has it; a probe times it, in both of the forms the
+// relaxed build can compute it in (src/model/q8/relaxed_simd.rs), against the SIMD128 code path.
 
 // Encodes an unsigned LEB128 (sizes, indices, SIMD opcodes).
 function leb(n) {
@@ -137,11 +138,14 @@ const i16x8ExtendHighI8x16S = simd(0x88);
 const i32x4DotI16x8S = simd(0xba);
 const i32x4Add = simd(0xae);
 const i32x4RelaxedDotI8x16I7x16AddS = simd(0x113);
+const i16x8RelaxedDotI8x16I7x16S = simd(0x112);
+const v128Const = (bytes) => [...simd(0x0c), ...bytes];
+const I16X8_ONES = [1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0];
 const i32x4ExtractLane0 = [...simd(0x1b), 0];
 
-// Both probe functions: (iterations) -> i32, locals 0 = iterations, 1 = byte offset, 2… = v128. Each iteration
+// The probe functions: (iterations) -> i32, locals 0 = iterations, 1 = byte offset, 2… = v128. Each iteration
 // multiplies two 16-byte weight loads by 4 rows' activations (128 multiply-adds) the way the kernel of that
-// build does (src/model/q8/relaxed_simd.rs, simd128.rs), into 8 accumulators, so neither is latency-bound.
+// build does (src/model/q8/relaxed_simd.rs, simd128.rs), into 8 accumulators, so none is latency-bound.
 const WEIGHTS = 1024; // the weights cycle through 1 KiB, the activations sit behind them: all in L1
 function probeBody(step, accumulators, v128Locals) {
   const acc = (i) => 2 + i;
@@ -159,19 +163,30 @@ function probeBody(step, accumulators, v128Locals) {
   return vec([...locals, ...code]);
 }
 
-// relaxed: per weight load, one relaxed dot per row (its activations' 4 bytes splat).
-function relaxedStep(acc, first) {
-  const rows = (i) => first + i; // 4 splat activation rows
-  const weights = (q) => first + 4 + q;
-  const code = [];
-  for (let r = 0; r < 4; r++) code.push(op.get, 1, ...v128Load32Splat(WEIGHTS + 4 * r), op.set, rows(r));
-  for (let q = 0; q < 2; q++) {
-    code.push(op.get, 1, ...v128Load(16 * q), op.set, weights(q));
-    for (let r = 0; r < 4; r++) {
-      code.push(op.get, weights(q), op.get, rows(r), op.get, acc(4 * q + r), ...i32x4RelaxedDotI8x16I7x16AddS, op.set, acc(4 * q + r));
+// relaxed (the "accumulate" form): per weight load, one `i32x4.relaxed_dot_i8x16_i7x16_add_s` per row (its
+// activations' 4 bytes splat). pairs (the "pairs" form): the same with `i16x8.relaxed_dot_i8x16_i7x16_s`, its
+// i16 pair sums added into i32 lanes by `i32x4.dot_i16x8_s` with ones, and `i32x4.add`.
+function relaxedStep(pairs) {
+  return (acc, first) => {
+    const rows = (i) => first + i; // 4 splat activation rows
+    const weights = (q) => first + 4 + q;
+    const ones = first + 6;
+    const code = [];
+    if (pairs) code.push(...v128Const(I16X8_ONES), op.set, ones);
+    for (let r = 0; r < 4; r++) code.push(op.get, 1, ...v128Load32Splat(WEIGHTS + 4 * r), op.set, rows(r));
+    for (let q = 0; q < 2; q++) {
+      code.push(op.get, 1, ...v128Load(16 * q), op.set, weights(q));
+      for (let r = 0; r < 4; r++) {
+        const a = acc(4 * q + r);
+        if (pairs) {
+          code.push(op.get, a, op.get, weights(q), op.get, rows(r), ...i16x8RelaxedDotI8x16I7x16S, op.get, ones, ...i32x4DotI16x8S, ...i32x4Add, op.set, a);
+        } else {
+          code.push(op.get, weights(q), op.get, rows(r), op.get, a, ...i32x4RelaxedDotI8x16I7x16AddS, op.set, a);
+        }
+      }
     }
-  }
-  return code;
+    return code;
+  };
 }
 // simd128: per weight load, both halves widened to i16, then per row two i16 dots and two adds.
 function simd128Step(acc, first) {
@@ -189,21 +204,23 @@ function simd128Step(acc, first) {
   return code;
 }
 
-// The probe module: memory of one page, `relaxed` and `simd128` exported. It validates only where the browser
-// has relaxed SIMD.
+// The probe module: memory of one page, `relaxed`, `pairs` and `simd128` exported. It validates only where the
+// browser has relaxed SIMD.
 const RELAXED_SIMD_PROBE = new Uint8Array([
   0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
   ...section(1, vec([[0x60, 1, 0x7f, 1, 0x7f]])), // one type: (i32) -> i32
-  ...section(3, vec([[0], [0]])), // two functions of it
+  ...section(3, vec([[0], [0], [0]])), // three functions of it
   ...section(5, vec([[0x00, 1]])), // one memory, at least one page
-  ...section(7, vec([[...named('relaxed'), 0x00, 0], [...named('simd128'), 0x00, 1]])),
-  ...section(10, vec([probeBody(relaxedStep, 8, 8 + 6), probeBody(simd128Step, 8, 8 + 3)])),
+  ...section(7, vec([[...named('relaxed'), 0x00, 0], [...named('pairs'), 0x00, 1], [...named('simd128'), 0x00, 2]])),
+  ...section(10, vec([probeBody(relaxedStep(false), 8, 8 + 6), probeBody(relaxedStep(true), 8, 8 + 7), probeBody(simd128Step, 8, 8 + 3)])),
 ]);
 
-// How much faster relaxed SIMD's dot product must time than the SIMD128 path for ?simd=auto to take it: where
-// it is one instruction (x86 with AVX-VNNI: one vpdpbusd) the probe reads ~0.3–0.5 and the encoders ran 0.68–0.70×
-// as long; where it is five (Zen 4: vpmaddubsw + vpmaddwd + …) it reads ~1 and the build is no faster.
-const RELAXED_SIMD_FASTER = 0.8;
+// How much faster relaxed SIMD's dot product (the faster form) must time than the SIMD128 path for ?simd=auto to
+// take it: where it is one instruction (x86 with AVX-VNNI: one vpdpbusd) the probe reads ~0.3–0.5 and the
+// encoders ran 0.68–0.70× as long; on x86 without AVX-VNNI (Zen 3) the "pairs" form read 0.80–0.86 (once 1.00)
+// and the encoders ran 0.83–0.84× as long (BENCHMARKS.md). Either build gives the same bits, so a near call
+// costs only speed; the margin keeps a probe's noise from taking a build that is no faster.
+const RELAXED_SIMD_FASTER = 0.9;
 
 // Times both probe functions, alternated; the fastest of 4 rounds each is kept. A round shorter than 3 ms
 // (the timer's resolution is 100 µs in a page that is not cross-origin isolated) doubles the work and starts
@@ -218,31 +235,35 @@ function timeDotProducts() {
   };
   const deadline = now() + 300;
   let n = 1 << 12;
-  let best = { relaxed: Infinity, simd128: Infinity };
+  const none = () => ({ relaxed: Infinity, pairs: Infinity, simd128: Infinity });
+  let best = none();
   for (let rounds = 0; rounds < 4; ) {
-    const relaxed = time(exports.relaxed, n);
-    const simd128 = time(exports.simd128, n);
-    if (Math.min(relaxed, simd128) < 3 && n < 1 << 26 && now() < deadline) {
+    const round = Object.fromEntries(Object.keys(best).map((name) => [name, time(exports[name], n)]));
+    if (Math.min(...Object.values(round)) < 3 && n < 1 << 26 && now() < deadline) {
       n *= 2;
-      best = { relaxed: Infinity, simd128: Infinity };
+      best = none();
       rounds = 0;
       continue;
     }
-    best = { relaxed: Math.min(best.relaxed, relaxed), simd128: Math.min(best.simd128, simd128) };
+    for (const name of Object.keys(best)) best[name] = Math.min(best[name], round[name]);
     rounds += 1;
   }
-  return { relaxedMs: best.relaxed, simd128Ms: best.simd128, ratio: best.relaxed / best.simd128 };
+  // The relaxed build's dot-product form: the faster of the two (the same bits either way).
+  const form = best.pairs < best.relaxed ? 'pairs' : 'accumulate';
+  const relaxedMs = Math.min(best.relaxed, best.pairs);
+  return { relaxedMs, accumulateMs: best.relaxed, pairsMs: best.pairs, simd128Ms: best.simd128, ratio: relaxedMs / best.simd128, form };
 }
 
 // The probe's verdict, kept in the Cache API per browser version and core count, so the choice (and therefore
 // which module the cache holds for offline use) does not flip between visits on timer noise.
-const PROBE_CACHE = 'tuwen-probe-v1';
+const PROBE_CACHE = 'tuwen-probe-v2'; // v2: both dot-product forms timed
 async function simdVerdict() {
   const key = new URL(`simd-probe?ua=${encodeURIComponent(navigator.userAgent)}&cores=${navigator.hardwareConcurrency || 1}`, self.location.href).href;
   const cache = await caches.open(PROBE_CACHE).catch(() => null);
   const kept = cache && (await cache.match(key));
   if (kept) return { ...(await kept.json()), cached: true };
   const verdict = timeDotProducts();
+  caches.delete('tuwen-probe-v1').catch(() => {}); // the verdict of the page before the two forms
   if (cache) {
     await cache.keys().then((old) => Promise.all(old.map((request) => cache.delete(request)))).catch(() => {});
     await cache.put(key, new Response(JSON.stringify(verdict), { headers: { 'Content-Type': 'application/json' } })).catch(() => {});
@@ -270,10 +291,9 @@ async function chooseBuild(manifest, { simd, threads }) {
   }
   build.simd = { asked: ['relaxed', 'simd128'].includes(simd) ? simd : 'auto', probe: null };
   if (build.simd.asked === 'simd128' || !build.relaxed || !WebAssembly.validate(RELAXED_SIMD_PROBE)) return build;
-  if (build.simd.asked === 'auto') {
-    build.simd.probe = await simdVerdict();
-    if (!(build.simd.probe.ratio <= RELAXED_SIMD_FASTER)) return build;
-  }
+  // The probe runs for ?simd=relaxed too: it chooses the relaxed build's dot-product form.
+  build.simd.probe = await simdVerdict();
+  if (build.simd.asked === 'auto' && !(build.simd.probe.ratio <= RELAXED_SIMD_FASTER)) return build;
   return { ...build, asset: build.relaxed };
 }
 
@@ -292,13 +312,14 @@ function describeCpu(level, threads) {
   return `WASM ${simd} · ${threads} 线程`;
 }
 
-// Why this SIMD build, when the probe chose it.
-function describeSimdChoice({ probe }, level) {
+// Why this SIMD build (and, for relaxed SIMD, which dot-product form), when the probe ran.
+function describeSimdChoice({ asked, probe }, level) {
   if (!probe) return '';
   const ratio = probe.ratio.toFixed(2);
-  return level === 'relaxed-simd'
-    ? `relaxed SIMD 的 8 位点积实测耗时为 SIMD128 的 ${ratio} 倍，已选用（?simd=simd128 可改回）`
-    : `relaxed SIMD 的 8 位点积在此 CPU 上不够快（耗时为 SIMD128 的 ${ratio} 倍），使用 SIMD128`;
+  const form = probe.form === 'pairs' ? 'i16 成对点积' : 'i32 累加点积';
+  if (level !== 'relaxed-simd') return `relaxed SIMD 的 8 位点积在此 CPU 上不够快（耗时为 SIMD128 的 ${ratio} 倍），使用 SIMD128`;
+  if (asked === 'relaxed') return `已按 ?simd=relaxed 使用 relaxed SIMD（${form}，实测耗时为 SIMD128 的 ${ratio} 倍）`;
+  return `relaxed SIMD 的 8 位点积（${form}）实测耗时为 SIMD128 的 ${ratio} 倍，已选用（?simd=simd128 可改回）`;
 }
 
 // The backend badge: the Rust side's report ({backend, detail}) in the page's words.
@@ -370,6 +391,7 @@ async function start({ backend: choice, simd, threads }) {
     }
   }
   const level = wasm.simdLevel();
+  if (level === 'relaxed-simd') wasm.setDotForm(build.simd.probe?.form || 'accumulate');
   cpuEngine = describeCpu(level, wasm.threadCount());
   cpuNote = [build.why, describeSimdChoice(build.simd, level)].filter(Boolean).join('；');
   backend = await detectBackend(choice || 'auto');
@@ -382,7 +404,7 @@ async function start({ backend: choice, simd, threads }) {
   return {
     manifest,
     backend,
-    simd: { ...build.simd, level },
+    simd: { ...build.simd, level, dotForm: wasm.dotForm() },
     images: { ids: galleries.images.ids },
     texts: { ids: galleries.texts.ids, captions: galleries.texts.captions },
   };

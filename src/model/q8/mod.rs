@@ -21,6 +21,8 @@ mod avx2;
 mod avx512;
 #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
 mod relaxed_simd;
+#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+pub use relaxed_simd::{dot_form, set_dot_form, DotForm};
 #[cfg(all(target_arch = "wasm32", not(target_feature = "relaxed-simd")))]
 mod simd128;
 #[cfg(target_arch = "wasm32")]

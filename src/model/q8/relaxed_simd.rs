@@ -1,16 +1,63 @@
-//! The q8_0 tile kernel on wasm relaxed SIMD (the second wasm build, for browsers that have it):
-//! `i32x4.relaxed_dot_i8x16_i7x16_add` multiplies 16 i8 weights (4 columns × 4 k-values, the layout's
-//! 16-byte quarter of a group) by a row's 4 activation quants splat 4 times, and adds each column's 4
-//! products to its i32 lane — 16 multiply-adds in one instruction, no widening, no shuffles. Its result is
-//! only defined when the second operand fits 7 bits, which the activations' 1…127 do (and the largest pair
-//! sum, 2·128·127, fits the i16 that x86 engines compute it through).
+//! The q8_0 tile kernel on wasm relaxed SIMD (the second wasm build, for browsers that have it): 16 i8
+//! weights (4 columns × 4 k-values, the layout's 16-byte quarter of a group) times a row's 4 activation
+//! quants splat 4 times, each column's 4 products added to its i32 lane. Its result is only defined when the
+//! second operand fits 7 bits, which the activations' 1…127 do (and the largest pair sum, 2·128·127, fits the
+//! i16 that x86 engines compute it through). Two ways to write that dot product, the same exact sums, so the
+//! same bits; which is faster depends on the CPU (the page's probe times both, [`set_dot_form`]):
+//! - [`DotForm::Accumulate`]: `i32x4.relaxed_dot_i8x16_i7x16_add`, one instruction where the CPU has 8-bit
+//!   dot products (x86 AVX-VNNI: `vpdpbusd`; arm64: `sdot`), but five in V8 on x86 without AVX-VNNI
+//!   (`vpmaddubsw`, `vpmaddwd` by a vector of ones it rebuilds each time with two more, `vpaddd`);
+//! - [`DotForm::Pairs`]: `i16x8.relaxed_dot_i8x16_i7x16_s` (one `vpmaddubsw`), `i32x4.extadd_pairwise_i16x8_s`
+//!   (one `vpmaddwd` by ones from memory), `i32x4.add`: three on those CPUs (AMD Zen 2–4, Intel before Alder
+//!   Lake), ~1.3× the multiply-adds per second of either the five or SIMD128's `i32x4.dot_i16x8_s`
+//!   (BENCHMARKS.md).
 
 use super::wasm::{add_block, write_rows};
 use super::{Q8Rows, TileOut, TileView, BLOCK, TILE, TILE_BLOCK_BYTES};
 use std::arch::wasm32::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// How the kernel computes its 8-bit dot products (module doc). Both give the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DotForm {
+    Accumulate,
+    Pairs,
+}
+
+/// Whether the kernel uses [`DotForm::Pairs`]: one flag for the module (shared by every thread of the
+/// threaded build), set before a forward pass.
+static PAIRS: AtomicBool = AtomicBool::new(false);
+
+/// Chooses the dot-product form for every product from now on.
+pub fn set_dot_form(form: DotForm) {
+    PAIRS.store(form == DotForm::Pairs, Ordering::Relaxed);
+}
+
+pub fn dot_form() -> DotForm {
+    if PAIRS.load(Ordering::Relaxed) { DotForm::Pairs } else { DotForm::Accumulate }
+}
 
 #[inline(always)]
 pub(super) fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
+    match dot_form() {
+        DotForm::Accumulate => rows_with::<MR, false>(w, x, row0, out),
+        DotForm::Pairs => rows_with::<MR, true>(w, x, row0, out),
+    }
+}
+
+/// `sum` plus, per column (lane), the 4 products of `weights` (4 columns × 4 k-values) and `four` (one row's
+/// 4 activations, splat), in the form `PAIRS` chooses.
+#[inline(always)]
+fn dot<const PAIRS: bool>(weights: v128, four: v128, sum: v128) -> v128 {
+    if PAIRS {
+        i32x4_add(sum, i32x4_dot_i16x8(i16x8_relaxed_dot_i8x16_i7x16(weights, four), i16x8_splat(1)))
+    } else {
+        i32x4_relaxed_dot_i8x16_i7x16_add(weights, four, sum)
+    }
+}
+
+#[inline(always)]
+fn rows_with<const MR: usize, const PAIRS: bool>(w: &TileView, x: &Q8Rows, row0: usize, out: &TileOut) {
     let k = x.blocks * BLOCK;
     let xq = &x.quants[row0 * k..(row0 + MR) * k];
     // Sized for V8's 16 vector registers on x86 (measured in Chromium, BENCHMARKS.md: both together 0.73–0.77×
@@ -34,7 +81,7 @@ pub(super) fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: 
                     // SAFETY: a group is 64 bytes, a quarter of it 16, in bounds.
                     let weights = unsafe { v128_load(wq.as_ptr().add(g * TILE * 4 + (2 * half + q) * 16) as *const v128) };
                     for r in 0..MR {
-                        dots[r][q] = i32x4_relaxed_dot_i8x16_i7x16_add(weights, four[r], dots[r][q]);
+                        dots[r][q] = dot::<PAIRS>(weights, four[r], dots[r][q]);
                     }
                 }
             }
