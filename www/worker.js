@@ -222,24 +222,29 @@ const RELAXED_SIMD_PROBE = new Uint8Array([
 // costs only speed; the margin keeps a probe's noise from taking a build that is no faster.
 const RELAXED_SIMD_FASTER = 0.9;
 
-// Times both probe functions, alternated; the fastest of 4 rounds each is kept. A round shorter than 3 ms
-// (the timer's resolution is 100 µs in a page that is not cross-origin isolated) doubles the work and starts
-// over — that also lets the engine's optimizing tier take over, which makes the same work faster. About 0.1 s,
-// once per browser (the verdict is cached, see simdVerdict); never more than ~0.3 s on a slow device.
-function timeDotProducts() {
+// Times the probe functions, alternated; the fastest of 4 rounds each is kept. A round shorter than 8 ms (the
+// timer's resolution is 100 µs in a page that is not cross-origin isolated) doubles the work and starts over.
+// First each function runs a few times and the worker yields for a moment: the engine's optimizing tier
+// compiles hot functions in the background, and right after the browser starts (its compiler threads busy)
+// the probe otherwise timed some functions before their optimized code arrived (read 1.0–1.1 where a later
+// probe read 0.8). About 0.2 s, once per browser (the verdict is cached, see simdVerdict); never more than
+// ~0.5 s on a slow device.
+async function timeDotProducts() {
   const { exports } = new WebAssembly.Instance(new WebAssembly.Module(RELAXED_SIMD_PROBE));
   const time = (f, n) => {
     const t0 = now();
     f(n);
     return now() - t0;
   };
-  const deadline = now() + 300;
+  for (let i = 0; i < 8; i++) for (const name of ['relaxed', 'pairs', 'simd128']) exports[name](1 << 12);
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  const deadline = now() + 450;
   let n = 1 << 12;
   const none = () => ({ relaxed: Infinity, pairs: Infinity, simd128: Infinity });
   let best = none();
   for (let rounds = 0; rounds < 4; ) {
     const round = Object.fromEntries(Object.keys(best).map((name) => [name, time(exports[name], n)]));
-    if (Math.min(...Object.values(round)) < 3 && n < 1 << 26 && now() < deadline) {
+    if (Math.min(...Object.values(round)) < 8 && n < 1 << 26 && now() < deadline) {
       n *= 2;
       best = none();
       rounds = 0;
@@ -262,7 +267,7 @@ async function simdVerdict() {
   const cache = await caches.open(PROBE_CACHE).catch(() => null);
   const kept = cache && (await cache.match(key));
   if (kept) return { ...(await kept.json()), cached: true };
-  const verdict = timeDotProducts();
+  const verdict = await timeDotProducts();
   caches.delete('tuwen-probe-v1').catch(() => {}); // the verdict of the page before the two forms
   if (cache) {
     await cache.keys().then((old) => Promise.all(old.map((request) => cache.delete(request)))).catch(() => {});
