@@ -217,7 +217,7 @@ const RELAXED_SIMD_PROBE = new Uint8Array([
 
 // How much faster relaxed SIMD's dot product (the faster form) must time than the SIMD128 path for ?simd=auto to
 // take it: where it is one instruction (x86 with AVX-VNNI: one vpdpbusd) the probe reads ~0.3–0.5 and the
-// encoders ran 0.68–0.70× as long; on x86 without AVX-VNNI (Zen 3) the "pairs" form read 0.80–0.86 (once 1.00)
+// encoders ran 0.68–0.70× as long; on x86 without AVX-VNNI (Zen 3) the "pairs" form read 0.67–0.86
 // and the encoders ran 0.83–0.84× as long (BENCHMARKS.md). Either build gives the same bits, so a near call
 // costs only speed; the margin keeps a probe's noise from taking a build that is no faster.
 const RELAXED_SIMD_FASTER = 0.9;
