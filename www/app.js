@@ -325,8 +325,24 @@ async function isolateThroughServiceWorker(registration, params) {
   return true;
 }
 
+// Browsers give the page what it rests on — SHA-256 of every download (crypto.subtle), the Cache API and the
+// service worker (offline use, WASM threads) — only in a secure context: https://, or http://localhost and
+// 127.0.0.1 (`tuwen serve`). Served over plain http from another address (a LAN IP, `python -m http.server`
+// opened from another machine) it would fail on the first of them with an engine's message; say why instead.
+function insecureContextMessage() {
+  if (self.isSecureContext) return '';
+  return `此页面需要安全上下文（https://，或本机的 http://localhost、http://127.0.0.1，例如 tuwen serve）：` +
+    `${location.origin} 不是，浏览器在这里不提供校验下载所需的 crypto.subtle、离线缓存和 service worker。`;
+}
+
 async function main() {
   const params = new URL(location.href).searchParams;
+  const insecure = insecureContextMessage();
+  if (insecure) {
+    $('backend').textContent = '无法运行';
+    showError(insecure);
+    return;
+  }
   let registration = null;
   if ('serviceWorker' in navigator) {
     registration = await navigator.serviceWorker.register('sw.js').catch((e) => {

@@ -264,11 +264,11 @@ async function timeDotProducts() {
 const PROBE_CACHE = 'tuwen-probe-v2'; // v2: both dot-product forms timed
 async function simdVerdict() {
   const key = new URL(`simd-probe?ua=${encodeURIComponent(navigator.userAgent)}&cores=${navigator.hardwareConcurrency || 1}`, self.location.href).href;
-  const cache = await caches.open(PROBE_CACHE).catch(() => null);
+  const cache = self.caches ? await caches.open(PROBE_CACHE).catch(() => null) : null;
   const kept = cache && (await cache.match(key));
   if (kept) return { ...(await kept.json()), cached: true };
   const verdict = await timeDotProducts();
-  caches.delete('tuwen-probe-v1').catch(() => {}); // the verdict of the page before the two forms
+  self.caches?.delete('tuwen-probe-v1').catch(() => {}); // the verdict of the page before the two forms
   if (cache) {
     await cache.keys().then((old) => Promise.all(old.map((request) => cache.delete(request)))).catch(() => {});
     await cache.put(key, new Response(JSON.stringify(verdict), { headers: { 'Content-Type': 'application/json' } })).catch(() => {});

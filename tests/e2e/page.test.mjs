@@ -344,6 +344,29 @@ test('without cross-origin isolation (no service worker) the page runs one threa
   await context.close();
 });
 
+test('served over plain http from another address (no secure context), the page says it needs https or localhost', async () => {
+  // http://tuwen.test is the same server, but not localhost: not a secure context, so no crypto.subtle, Cache
+  // API or service worker — the engine would fail on the first ("caches is not defined"); the page says why.
+  const port = new URL(server.url).port;
+  const args = [...chromiumArgs({ webgpu: false }), '--host-resolver-rules=MAP tuwen.test 127.0.0.1'];
+  const insecure = await chromium.launch({ executablePath: CHROMIUM, args });
+  try {
+    const page = await insecure.newPage();
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(e.message));
+    await page.goto(`http://tuwen.test:${port}/`);
+    await page.waitForSelector('#error:not([hidden])', { timeout: 30_000 });
+    assert.equal(await page.evaluate(() => self.isSecureContext), false);
+    assert.match(await page.textContent('#error'), /安全上下文.*https:\/\/.*localhost.*http:\/\/tuwen\.test:/);
+    assert.equal(await page.textContent('#backend'), '无法运行');
+    assert.equal(await page.evaluate(() => document.body.dataset.ready), undefined);
+    assert.ok(await page.isDisabled('#text-query'), 'no query can be typed');
+    assert.deepEqual(errors, []);
+  } finally {
+    await insecure.close();
+  }
+});
+
 test('a host that sends COOP/COEP itself (tuwen serve --isolated) is isolated without the reload', async () => {
   const isolated = await serve(site, { isolated: true });
   try {
