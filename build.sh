@@ -210,6 +210,9 @@ run_tests() {
   log "wasm tests in headless Chromium, threaded build ($THREADS_TOOLCHAIN)"
   WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-900} CHROMEDRIVER=$(command -v chromedriver) threads_cargo test --test web \
     || failed+=("wasm threads (tests/web.rs in Chromium)")
+  log "wasm tests in headless Chromium, threaded relaxed-SIMD build ($THREADS_TOOLCHAIN)"
+  WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-900} CHROMEDRIVER=$(command -v chromedriver) threads_relaxed_cargo test --test web \
+    || failed+=("wasm threads relaxed SIMD (tests/web.rs in Chromium)")
   log "the page end to end (Playwright + Chromium)"
   if build_wasm; then
     TUWEN_BIN="$PWD/target/release-tests/tuwen" node --test --test-concurrency=1 tests/e2e/ || failed+=("page (tests/e2e)")

@@ -1,8 +1,9 @@
 //! wasm32 in headless Chromium (wasm-bindgen-test): the tiny fixture loaded from bytes gives the
 //! embeddings the native build gives (tests/fixtures/tiny/native.json, kept current by tests/parity.rs).
-//! Run on all three builds (build.sh): SIMD128, relaxed SIMD, and threads, whose products run on a pool of
-//! Web Workers started by each test (`threads`); the threaded build's tests run in a dedicated worker, as the
-//! page's do, since a thread waiting for the pool may block there and not on a page's main thread.
+//! Run on all four builds (build.sh): SIMD128, relaxed SIMD, threads and threads with relaxed SIMD, the
+//! threaded ones' products on a pool of Web Workers started by each test (`threads`); the threaded builds'
+//! tests run in a dedicated worker, as the page's do, since a thread waiting for the pool may block there
+//! and not on a page's main thread.
 #![cfg(target_arch = "wasm32")]
 
 use serde::Deserialize;
