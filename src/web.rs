@@ -63,17 +63,13 @@ pub fn simd_level() -> String {
 }
 
 /// How the relaxed-SIMD build computes its 8-bit dot products: "accumulate" (`i32x4.relaxed_dot_i8x16_i7x16_add`)
-/// or "pairs" (`i16x8.relaxed_dot_i8x16_i7x16_s`, then `i32x4.extadd_pairwise_i16x8_s`); the same bits either
-/// way, the faster one depends on the CPU (the page's probe times both). "" in the SIMD128 build, which has
-/// no 8-bit dot products.
+/// or "pairs" (`i16x8.relaxed_dot_i8x16_i7x16_s`, then widened and added); the same bits either way, the
+/// faster one depends on the CPU (the page's probe times both). "" in the SIMD128 build, which has no 8-bit
+/// dot products.
 #[wasm_bindgen(js_name = dotForm)]
 pub fn dot_form() -> String {
     #[cfg(target_feature = "relaxed-simd")]
-    return match crate::model::q8::dot_form() {
-        crate::model::q8::DotForm::Accumulate => "accumulate",
-        crate::model::q8::DotForm::Pairs => "pairs",
-    }
-    .into();
+    return crate::model::q8::dot_form().name().into();
     #[cfg(not(target_feature = "relaxed-simd"))]
     String::new()
 }
@@ -84,11 +80,9 @@ pub fn set_dot_form(form: &str) -> Result<(), JsError> {
     #[cfg(target_feature = "relaxed-simd")]
     {
         use crate::model::q8::{set_dot_form, DotForm};
-        match form {
-            "accumulate" => set_dot_form(DotForm::Accumulate),
-            "pairs" => set_dot_form(DotForm::Pairs),
-            _ => return Err(JsError::new(&format!("unknown dot-product form {form:?} (accumulate or pairs)"))),
-        }
+        let chosen = DotForm::from_name(form)
+            .ok_or_else(|| JsError::new(&format!("unknown dot-product form {form:?} (accumulate or pairs)")))?;
+        set_dot_form(chosen);
         Ok(())
     }
     #[cfg(not(target_feature = "relaxed-simd"))]

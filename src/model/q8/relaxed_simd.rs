@@ -7,8 +7,8 @@
 //! - [`DotForm::Accumulate`]: `i32x4.relaxed_dot_i8x16_i7x16_add`, one instruction where the CPU has 8-bit
 //!   dot products (x86 AVX-VNNI: `vpdpbusd`; arm64: `sdot`), but five in V8 on x86 without AVX-VNNI
 //!   (`vpmaddubsw`, `vpmaddwd` by a vector of ones it rebuilds each time with two more, `vpaddd`);
-//! - [`DotForm::Pairs`]: `i16x8.relaxed_dot_i8x16_i7x16_s` (one `vpmaddubsw`), `i32x4.extadd_pairwise_i16x8_s`
-//!   (one `vpmaddwd` by ones from memory), `i32x4.add`: three on those CPUs (AMD Zen 2–4, Intel before Alder
+//! - [`DotForm::Pairs`]: `i16x8.relaxed_dot_i8x16_i7x16_s` (one `vpmaddubsw`), `i32x4.dot_i16x8_s` by a vector
+//!   of ones (one `vpmaddwd`), `i32x4.add`: three on those CPUs (AMD Zen 2–4, Intel before Alder
 //!   Lake), ~1.3× the multiply-adds per second of either the five or SIMD128's `i32x4.dot_i16x8_s`
 //!   (BENCHMARKS.md).
 
@@ -22,6 +22,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub enum DotForm {
     Accumulate,
     Pairs,
+}
+
+impl DotForm {
+    /// The forms by the names the page uses.
+    pub const ALL: [(DotForm, &'static str); 2] = [(DotForm::Accumulate, "accumulate"), (DotForm::Pairs, "pairs")];
+
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(form, _)| *form == self).map_or("", |(_, name)| name)
+    }
+
+    pub fn from_name(name: &str) -> Option<DotForm> {
+        Self::ALL.iter().find(|(_, n)| *n == name).map(|(form, _)| *form)
+    }
 }
 
 /// Whether the kernel uses [`DotForm::Pairs`]: one flag for the module (shared by every thread of the
@@ -50,6 +63,8 @@ pub(super) fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: 
 #[inline(always)]
 fn dot<const PAIRS: bool>(weights: v128, four: v128, sum: v128) -> v128 {
     if PAIRS {
+        // The pairs widened by a dot with ones: written with `i32x4.extadd_pairwise_i16x8_s`, LLVM fuses the
+        // three back into `i32x4.relaxed_dot_i8x16_i7x16_add`.
         i32x4_add(sum, i32x4_dot_i16x8(i16x8_relaxed_dot_i8x16_i7x16(weights, four), i16x8_splat(1)))
     } else {
         i32x4_relaxed_dot_i8x16_i7x16_add(weights, four, sum)
