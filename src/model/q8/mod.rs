@@ -7,16 +7,19 @@
 //! q8_0's: weights are the file's q8_0 blocks (i8 quants, one scale per 32); activations are quantized per
 //! 32-value block too, to **7 bits** (−63…63, stored `+ 64` as u8 1…127). Seven bits are what every 8-bit dot
 //! product on every target takes exactly: AVX2's `vpmaddubsw` (u8 × i8 pairs into a saturating i16: 2·127·128
-//! fits), AVX-512/AVX-VNNI's `vpdpbusd` (u8 × i8) and wasm's relaxed `i32x4.relaxed_dot_i8x16_i7x16_add`
-//! (whose second operand must fit 7 bits) — so no kernel needs a sign trick, and the `+ 64` is taken back
-//! per block with the weights' block sums (`64 · Σw`, computed at load). One layout serves every kernel:
-//! AVX-512 VNNI, AVX2, simd128 in the browser (`i32x4.dot_i16x8_s`) and a portable loop. All of them compute
-//! the same bits: block sums are exact in i32, and each block adds `sum · (weight scale · activation scale)`
-//! to the f32 total with a plain multiply and add (no FMA), in block order. The product's epilogue (bias,
+//! fits), AVX-512/AVX-VNNI's `vpdpbusd` (u8 × i8), wasm's relaxed `i32x4.relaxed_dot_i8x16_i7x16_add` (whose
+//! second operand must fit 7 bits) and arm64's `sdot` (i8 × i8: 1…127 is an i8 too) — so no kernel needs a
+//! sign trick, and the `+ 64` is taken back per block with the weights' block sums (`64 · Σw`, computed at
+//! load). One layout serves every kernel: AVX-512 VNNI, AVX2, arm64's `sdot`, simd128
+//! (`i32x4.dot_i16x8_s`) and relaxed SIMD in the browser, and a portable loop. All of them compute the same
+//! bits: block sums are exact in i32, and each block adds `sum · (weight scale · activation scale)` to the
+//! f32 total with a plain multiply and add (no FMA), in block order. The product's epilogue (bias,
 //! activation, residual) runs as each tile row is stored.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
@@ -369,9 +372,16 @@ impl Q8Matrix {
                 X86Kernel::Avx2 => unsafe { avx2::tile(&view, x, rows.clone(), out) },
                 X86Kernel::Portable => portable_tile(&view, x, rows.clone(), out),
             }
+            #[cfg(target_arch = "aarch64")]
+            if arm_dot_products() {
+                // SAFETY: the CPU has the dot-product instructions the kernel is compiled for.
+                unsafe { neon::tile(&view, x, rows.clone(), out) }
+            } else {
+                portable_tile(&view, x, rows.clone(), out)
+            }
             #[cfg(target_arch = "wasm32")]
             wasm::tile(&view, x, rows.clone(), out);
-            #[cfg(not(any(target_arch = "x86_64", target_arch = "wasm32")))]
+            #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "wasm32")))]
             portable_tile(&view, x, rows.clone(), out);
         }
     }
@@ -384,6 +394,8 @@ impl Q8Matrix {
             X86Kernel::Avx2 => "avx2",
             X86Kernel::Portable => "portable",
         };
+        #[cfg(target_arch = "aarch64")]
+        return if arm_dot_products() { "neon-dotprod" } else { "portable" };
         #[cfg(target_arch = "wasm32")]
         return wasm::NAME;
         #[allow(unreachable_code)]
@@ -494,6 +506,14 @@ fn best_x86_kernel() -> X86Kernel {
             _ => X86Kernel::Portable,
         }
     })
+}
+
+/// Whether arm64's dot-product kernel runs: the CPU has `sdot` and `TUWEN_Q8_KERNEL=portable` does not ask
+/// for the portable kernel; decided once per process, as on x86.
+#[cfg(target_arch = "aarch64")]
+fn arm_dot_products() -> bool {
+    static DOTPROD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DOTPROD.get_or_init(|| neon::available() && std::env::var("TUWEN_Q8_KERNEL").as_deref() != Ok("portable"))
 }
 
 /// What a product does as it stores each value: `+ bias`, then `act`, then `+ residual` (`[rows, out]`).
@@ -797,6 +817,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// On arm64 the products run on the dot-product kernel wherever the CPU has `sdot` (so the bit-for-bit
+    /// tests above compare it, not the portable kernel with itself), and on the portable one elsewhere.
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn arm64_runs_the_dot_product_kernel_where_the_cpu_has_it() {
+        let w = Q8Matrix::quantize(16, 32, &lcg(1, 16 * 32));
+        let forced_portable = std::env::var("TUWEN_Q8_KERNEL").as_deref() == Ok("portable");
+        let want = if std::arch::is_aarch64_feature_detected!("dotprod") && !forced_portable { "neon-dotprod" } else { "portable" };
+        eprintln!("arm64 q8_0 kernel: {}", w.kernel_name());
+        assert_eq!(w.kernel_name(), want);
     }
 
     /// Kernels that compute neighbouring tiles together (AVX-512's pairs) give each tile the portable bits,
