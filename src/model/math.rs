@@ -122,13 +122,13 @@ pub fn has_avx2() -> bool {
 }
 
 /// AVX-512 (F, BW, DQ, VL) for [`wide_vectors`]' widest copy, unless `TUWEN_Q8_KERNEL` asks for a narrower
-/// kernel (`avx2`, `portable`), so one variable takes a whole run back to the narrower code.
+/// kernel (`avx-vnni`, `avx2`, `portable`), so one variable takes a whole run back to the narrower code.
 #[cfg(target_arch = "x86_64")]
 pub fn has_avx512() -> bool {
     use std::sync::OnceLock;
     static AVX512: OnceLock<bool> = OnceLock::new();
     *AVX512.get_or_init(|| {
-        !matches!(std::env::var("TUWEN_Q8_KERNEL").as_deref(), Ok("avx2" | "portable"))
+        !matches!(std::env::var("TUWEN_Q8_KERNEL").as_deref(), Ok("avx-vnni" | "avx2" | "portable"))
             && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512dq")

@@ -336,20 +336,35 @@ impl Q8Matrix {
         }
     }
 
-    /// Rows `rows` of one 16-column tile of the product, by the fastest kernel this CPU has. All kernels
-    /// compute the same bits.
-    #[cfg(test)]
-    fn tile_kernel(&self, x: &Q8Rows, tile: usize, rows: Range<usize>, out: &TileOut) {
-        self.tiles_kernel(x, tile..tile + 1, rows, std::slice::from_ref(out))
-    }
-
     /// Rows `rows` of consecutive tiles `tiles` (`outs[i]` receives tile `tiles.start + i`), by the fastest
     /// kernel this CPU has; a kernel may compute neighbouring tiles together so that each activation it
     /// loads serves more columns. All kernels compute the same bits.
     fn tiles_kernel(&self, x: &Q8Rows, tiles: Range<usize>, rows: Range<usize>, outs: &[TileOut]) {
         debug_assert_eq!(tiles.len(), outs.len());
         #[cfg(target_arch = "x86_64")]
-        if best_x86_kernel() == X86Kernel::Avx512Vnni {
+        self.x86_tiles(best_x86_kernel(), x, tiles, rows, outs);
+        #[cfg(not(target_arch = "x86_64"))]
+        for (tile, out) in tiles.zip(outs) {
+            let view = self.tile_view(tile);
+            #[cfg(target_arch = "aarch64")]
+            if arm_dot_products() {
+                // SAFETY: the CPU has the dot-product instructions the kernel is compiled for.
+                unsafe { neon::tile(&view, x, rows.clone(), out) }
+            } else {
+                portable_tile(&view, x, rows.clone(), out)
+            }
+            #[cfg(target_arch = "wasm32")]
+            wasm::tile(&view, x, rows.clone(), out);
+            #[cfg(not(any(target_arch = "aarch64", target_arch = "wasm32")))]
+            portable_tile(&view, x, rows.clone(), out);
+        }
+    }
+
+    /// [`Self::tiles_kernel`] on a given x86 kernel, which the CPU must have.
+    #[cfg(target_arch = "x86_64")]
+    fn x86_tiles(&self, kernel: X86Kernel, x: &Q8Rows, tiles: Range<usize>, rows: Range<usize>, outs: &[TileOut]) {
+        assert!(kernel.available(), "the {} q8_0 kernel does not run on this CPU", kernel.name());
+        if kernel == X86Kernel::Avx512Vnni {
             let mut pairs = outs.chunks_exact(2);
             for (i, pair) in pairs.by_ref().enumerate() {
                 let tile = tiles.start + 2 * i;
@@ -365,35 +380,20 @@ impl Q8Matrix {
         }
         for (tile, out) in tiles.zip(outs) {
             let view = self.tile_view(tile);
-            #[cfg(target_arch = "x86_64")]
-            match best_x86_kernel() {
-                // SAFETY: the CPU has the features each kernel is compiled for.
+            match kernel {
+                // SAFETY: the CPU has the features each kernel is compiled for (asserted above).
                 X86Kernel::Avx512Vnni => unsafe { avx512::tile(&view, x, rows.clone(), out) },
+                X86Kernel::AvxVnni => unsafe { avx2::tile_vnni(&view, x, rows.clone(), out) },
                 X86Kernel::Avx2 => unsafe { avx2::tile(&view, x, rows.clone(), out) },
                 X86Kernel::Portable => portable_tile(&view, x, rows.clone(), out),
             }
-            #[cfg(target_arch = "aarch64")]
-            if arm_dot_products() {
-                // SAFETY: the CPU has the dot-product instructions the kernel is compiled for.
-                unsafe { neon::tile(&view, x, rows.clone(), out) }
-            } else {
-                portable_tile(&view, x, rows.clone(), out)
-            }
-            #[cfg(target_arch = "wasm32")]
-            wasm::tile(&view, x, rows.clone(), out);
-            #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "wasm32")))]
-            portable_tile(&view, x, rows.clone(), out);
         }
     }
 
     /// The kernel this matrix runs on here, by name (for benchmarks and logs).
     pub fn kernel_name(&self) -> &'static str {
         #[cfg(target_arch = "x86_64")]
-        return match best_x86_kernel() {
-            X86Kernel::Avx512Vnni => "avx512-vnni",
-            X86Kernel::Avx2 => "avx2",
-            X86Kernel::Portable => "portable",
-        };
+        return best_x86_kernel().name();
         #[cfg(target_arch = "aarch64")]
         return if arm_dot_products() { "neon-dotprod" } else { "portable" };
         #[cfg(target_arch = "wasm32")]
@@ -484,28 +484,103 @@ thread_local! {
     static STAGING: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The x86-64 q8_0 kernels, fastest first.
 #[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum X86Kernel {
     Avx512Vnni,
+    AvxVnni,
     Avx2,
     Portable,
 }
 
-/// The fastest kernel this CPU has, or the one `TUWEN_Q8_KERNEL=portable|avx2` asks for; decided once per
-/// process (reading the environment takes a lock, and this is asked on every tile).
+#[cfg(target_arch = "x86_64")]
+impl X86Kernel {
+    const ALL: [X86Kernel; 4] = [X86Kernel::Avx512Vnni, X86Kernel::AvxVnni, X86Kernel::Avx2, X86Kernel::Portable];
+
+    /// The name `TUWEN_Q8_KERNEL` takes and benchmarks print.
+    fn name(self) -> &'static str {
+        match self {
+            X86Kernel::Avx512Vnni => "avx512-vnni",
+            X86Kernel::AvxVnni => "avx-vnni",
+            X86Kernel::Avx2 => "avx2",
+            X86Kernel::Portable => "portable",
+        }
+    }
+
+    fn available(self) -> bool {
+        match self {
+            X86Kernel::Avx512Vnni => avx512::available(),
+            X86Kernel::AvxVnni => avx2::vnni_available(),
+            X86Kernel::Avx2 => avx2::available(),
+            X86Kernel::Portable => true,
+        }
+    }
+}
+
+/// The fastest kernel this CPU has, no faster than the one `TUWEN_Q8_KERNEL=avx-vnni|avx2|portable` asks for,
+/// that computes the portable kernel's bits on a small product here ([`computes_the_portable_bits`]); decided
+/// once per process (reading the environment takes a lock, and this is asked on every tile).
 #[cfg(target_arch = "x86_64")]
 fn best_x86_kernel() -> X86Kernel {
     static BEST: std::sync::OnceLock<X86Kernel> = std::sync::OnceLock::new();
     *BEST.get_or_init(|| {
         let asked = std::env::var("TUWEN_Q8_KERNEL").ok();
-        match asked.as_deref() {
-            Some("portable") => X86Kernel::Portable,
-            _ if avx512::available() && asked.as_deref() != Some("avx2") => X86Kernel::Avx512Vnni,
-            _ if avx2::available() => X86Kernel::Avx2,
-            _ => X86Kernel::Portable,
-        }
+        let fastest = X86Kernel::ALL.iter().position(|k| Some(k.name()) == asked.as_deref()).unwrap_or(0);
+        let usable = |kernel: &X86Kernel| {
+            if !kernel.available() {
+                return false;
+            }
+            if *kernel == X86Kernel::Portable || computes_the_portable_bits(*kernel) {
+                return true;
+            }
+            eprintln!(
+                "tuwen: the {} q8_0 kernel does not compute the reference results on this CPU; using a slower one",
+                kernel.name()
+            );
+            false
+        };
+        X86Kernel::ALL[fastest..].iter().copied().find(usable).unwrap_or(X86Kernel::Portable)
     })
+}
+
+/// Whether `kernel` gives the portable kernel's bits for one small product (5 rows — a 4-row group and a
+/// single row —, two tiles, three blocks): a guard, run once, against a kernel that is wrong on a CPU the
+/// tests never ran on (AVX-VNNI without AVX-512, say). Single-threaded on purpose: it runs while the kernel
+/// choice is being made, perhaps inside a thread-pool job.
+#[cfg(target_arch = "x86_64")]
+fn computes_the_portable_bits(kernel: X86Kernel) -> bool {
+    let (rows, out_dim, in_dim) = (5, 2 * TILE, 3 * BLOCK);
+    let wave = |n: usize, seed: f32| (0..n).map(|i| (i as f32 * 0.7548 + seed).sin() * 1.9).collect::<Vec<f32>>();
+    let w = Q8Matrix::quantize(out_dim, in_dim, &wave(out_dim * in_dim, 0.3));
+    let mut x = Q8Rows { rows, blocks: in_dim / BLOCK, ..Q8Rows::default() };
+    x.quants.resize(rows * in_dim, 0);
+    let values = wave(rows * in_dim, 1.1);
+    for (chunk, q) in values.chunks_exact(BLOCK).zip(x.quants.chunks_exact_mut(BLOCK)) {
+        x.scales.push(quantize_activations(chunk, q));
+    }
+    let run = |on: &dyn Fn(&[TileOut])| {
+        let mut out = vec![0f32; rows * out_dim];
+        let outs: Vec<TileOut> = (0..2)
+            .map(|t| TileOut {
+                first: out[t * TILE..].as_mut_ptr(),
+                stride: out_dim,
+                columns: TILE,
+                bias: [0.0; TILE],
+                act: None,
+                residual: std::ptr::null(),
+            })
+            .collect();
+        on(&outs);
+        out
+    };
+    let fast = run(&|outs| w.x86_tiles(kernel, &x, 0..2, 0..rows, outs));
+    let slow = run(&|outs| {
+        for (t, out) in outs.iter().enumerate() {
+            portable_tile(&w.tile_view(t), &x, 0..rows, out)
+        }
+    });
+    fast.iter().map(|v| v.to_bits()).eq(slow.iter().map(|v| v.to_bits()))
 }
 
 /// Whether arm64's dot-product kernel runs: the CPU has `sdot` and `TUWEN_Q8_KERNEL=portable` does not ask
@@ -795,6 +870,37 @@ mod tests {
         }
     }
 
+    type TilesFn = Box<dyn Fn(&Q8Matrix, &Q8Rows, Range<usize>, Range<usize>, &[TileOut])>;
+
+    /// Every q8_0 kernel this CPU runs (not only the fastest), by name, as `tiles_kernel`.
+    fn kernels_here() -> Vec<(&'static str, TilesFn)> {
+        #[cfg(target_arch = "x86_64")]
+        return X86Kernel::ALL
+            .into_iter()
+            .filter(|k| k.available())
+            .map(|k| {
+                let run: TilesFn = Box::new(move |w, x, tiles, rows, outs| w.x86_tiles(k, x, tiles, rows, outs));
+                (k.name(), run)
+            })
+            .collect();
+        #[allow(unreachable_code)]
+        {
+            let name = Q8Matrix::quantize(1, BLOCK, &[0.0; BLOCK]).kernel_name();
+            vec![(name, Box::new(|w: &Q8Matrix, x: &Q8Rows, tiles, rows, outs: &[TileOut]| w.tiles_kernel(x, tiles, rows, outs)))]
+        }
+    }
+
+    /// The guard that vets the fastest kernel at start-up passes every kernel this CPU runs (a guard that
+    /// rejected a right kernel would silently cost its speed).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_start_up_check_passes_every_kernel_here() {
+        for kernel in X86Kernel::ALL.into_iter().filter(|k| k.available()) {
+            assert!(computes_the_portable_bits(kernel), "{}", kernel.name());
+        }
+        assert!(best_x86_kernel().available());
+    }
+
     /// Every kernel this CPU can run gives exactly the portable kernel's bits, with each epilogue, on row
     /// counts around the row groups and partial tiles.
     #[test]
@@ -811,9 +917,12 @@ mod tests {
                     let bias = std::array::from_fn(|c| c as f32 * 0.25);
                     let residual = if with_residual { residual.as_ptr() } else { std::ptr::null() };
                     let to = |buf: &mut Vec<f32>| TileOut { first: buf.as_mut_ptr(), stride: TILE, columns, bias, act, residual };
-                    w.tile_kernel(&x, tile, 0..rows, &to(&mut fast));
                     portable_tile(&w.tile_view(tile), &x, 0..rows, &to(&mut slow));
-                    assert_eq!(fast, slow, "{} kernel, {rows} rows, tile {tile}, {act:?}", w.kernel_name());
+                    for (name, kernel) in kernels_here() {
+                        fast.fill(0.0);
+                        kernel(&w, &x, tile..tile + 1, 0..rows, std::slice::from_ref(&to(&mut fast)));
+                        assert_eq!(fast, slow, "{name} kernel, {rows} rows, tile {tile}, {act:?}");
+                    }
                 }
             }
         }
@@ -854,11 +963,14 @@ mod tests {
                         })
                         .collect()
                 };
-                w.tiles_kernel(&x, 0..w.tiles(), 0..rows, &outs(&mut fast));
                 for (t, out) in outs(&mut slow).iter().enumerate() {
                     portable_tile(&w.tile_view(t), &x, 0..rows, out);
                 }
-                assert_eq!(fast, slow, "{} kernel, {rows} rows, {out_dim} columns", w.kernel_name());
+                for (name, kernel) in kernels_here() {
+                    fast.fill(0.0);
+                    kernel(&w, &x, 0..w.tiles(), 0..rows, &outs(&mut fast));
+                    assert_eq!(fast, slow, "{name} kernel, {rows} rows, {out_dim} columns");
+                }
             }
         }
     }
