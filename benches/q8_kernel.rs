@@ -3,8 +3,9 @@
 //!     cargo bench --bench q8_kernel            # RAYON_NUM_THREADS=2 for two threads
 //!
 //! 1. Peak: the instruction sequence the kernel is built on, in independent chains with no loads and no
-//!    stores, on every thread at once: `vpdpbusd zmm` where AVX-512 VNNI exists, else AVX2's `vpmaddubsw` +
-//!    `vpmaddwd` + `vpaddd` (32 multiply-adds per `vpmaddubsw`).
+//!    stores, on every thread at once: `vpdpbusd zmm` where AVX-512 VNNI exists, else `{vex} vpdpbusd ymm`
+//!    where AVX-VNNI does, else AVX2's `vpmaddubsw` + `vpmaddwd` + `vpaddd` (32 multiply-adds per
+//!    `vpmaddubsw`); on arm64 `sdot` (16 per instruction) where the CPU has it.
 //! 2. q8_0's ceiling (AVX-512 VNNI): the AVX-512 kernel's block in registers — 8 steps of `vpdpbusd`, then
 //!    the per-block rescale (convert, weight scale × row scale, multiply, add) — what any q8_0 kernel can
 //!    reach at most here, since its two multiplies share the pipes `vpdpbusd` runs on.
@@ -21,6 +22,7 @@ use tuwen::model::random::uniform as lcg;
 fn peak_one_thread(seconds: f64) -> (f64, &'static str) {
     const ITERS: u64 = 1 << 20;
     let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni");
+    let avx_vnni = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni");
     let start = Instant::now();
     let mut macs = 0u64;
     while start.elapsed().as_secs_f64() < seconds {
@@ -28,6 +30,8 @@ fn peak_one_thread(seconds: f64) -> (f64, &'static str) {
         unsafe {
             if avx512 {
                 macs += vnni_loop(ITERS);
+            } else if avx_vnni {
+                macs += avx_vnni_loop(ITERS);
             } else if is_x86_feature_detected!("avx2") {
                 macs += avx2_loop(ITERS);
             } else {
@@ -35,7 +39,13 @@ fn peak_one_thread(seconds: f64) -> (f64, &'static str) {
             }
         }
     }
-    let name = if avx512 { "vpdpbusd zmm" } else { "vpmaddubsw+vpmaddwd+vpaddd ymm" };
+    let name = if avx512 {
+        "vpdpbusd zmm"
+    } else if avx_vnni {
+        "{vex} vpdpbusd ymm"
+    } else {
+        "vpmaddubsw+vpmaddwd+vpaddd ymm"
+    };
     return (macs as f64 / start.elapsed().as_secs_f64(), name);
 
     // Inline assembly, so the compiler can neither hoist the loop-invariant products nor drop them.
@@ -55,6 +65,25 @@ fn peak_one_thread(seconds: f64) -> (f64, &'static str) {
             options(nostack, nomem),
         );
         iters * 10 * 64
+    }
+
+    #[target_feature(enable = "avx2,avxvnni")]
+    unsafe fn avx_vnni_loop(iters: u64) -> u64 {
+        std::arch::asm!(
+            "vpxor ymm0, ymm0, ymm0", "vpcmpeqd ymm14, ymm14, ymm14", "vpabsb ymm15, ymm14",
+            "2:",
+            "{{vex}} vpdpbusd ymm0, ymm15, ymm14", "{{vex}} vpdpbusd ymm1, ymm15, ymm14",
+            "{{vex}} vpdpbusd ymm2, ymm15, ymm14", "{{vex}} vpdpbusd ymm3, ymm15, ymm14",
+            "{{vex}} vpdpbusd ymm4, ymm15, ymm14", "{{vex}} vpdpbusd ymm5, ymm15, ymm14",
+            "{{vex}} vpdpbusd ymm6, ymm15, ymm14", "{{vex}} vpdpbusd ymm7, ymm15, ymm14",
+            "{{vex}} vpdpbusd ymm8, ymm15, ymm14", "{{vex}} vpdpbusd ymm9, ymm15, ymm14",
+            "dec {n}", "jnz 2b",
+            n = inout(reg) iters => _,
+            out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _, out("ymm5") _,
+            out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _, out("ymm14") _, out("ymm15") _,
+            options(nostack, nomem),
+        );
+        iters * 10 * 32
     }
 
     #[target_feature(enable = "avx2")]
@@ -147,7 +176,41 @@ fn q8_0_ceiling_one_thread(_seconds: f64) -> Option<f64> {
     None
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(target_arch = "aarch64")]
+fn peak_one_thread(seconds: f64) -> (f64, &'static str) {
+    const ITERS: u64 = 1 << 20;
+    if !std::arch::is_aarch64_feature_detected!("dotprod") {
+        return (0.0, "none");
+    }
+    let start = Instant::now();
+    let mut macs = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        // SAFETY: the CPU has the dot-product instructions (checked above).
+        macs += unsafe { sdot_loop(ITERS) };
+    }
+    return (macs as f64 / start.elapsed().as_secs_f64(), "sdot v.4s");
+
+    // 16 independent chains: enough for 4 pipes of 4-cycle latency.
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn sdot_loop(iters: u64) -> u64 {
+        std::arch::asm!(
+            "movi v30.16b, #3", "movi v31.16b, #5",
+            "2:",
+            ".irp r, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15",
+            "sdot v\\r\\().4s, v30.16b, v31.16b",
+            ".endr",
+            "subs {n}, {n}, #1", "b.ne 2b",
+            n = inout(reg) iters => _,
+            out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+            out("v8") _, out("v9") _, out("v10") _, out("v11") _, out("v12") _, out("v13") _, out("v14") _,
+            out("v15") _, out("v30") _, out("v31") _,
+            options(nostack, nomem),
+        );
+        iters * 16 * 16
+    }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn peak_one_thread(_seconds: f64) -> (f64, &'static str) {
     (0.0, "none")
 }
