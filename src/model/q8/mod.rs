@@ -526,7 +526,12 @@ fn best_x86_kernel() -> X86Kernel {
     static BEST: std::sync::OnceLock<X86Kernel> = std::sync::OnceLock::new();
     *BEST.get_or_init(|| {
         let asked = std::env::var("TUWEN_Q8_KERNEL").ok();
-        let fastest = X86Kernel::ALL.iter().position(|k| Some(k.name()) == asked.as_deref()).unwrap_or(0);
+        let fastest = X86Kernel::ALL.iter().position(|k| Some(k.name()) == asked.as_deref());
+        if let (Some(asked), None) = (&asked, fastest) {
+            let names: Vec<&str> = X86Kernel::ALL.iter().map(|k| k.name()).collect();
+            eprintln!("tuwen: TUWEN_Q8_KERNEL={asked:?} names no q8_0 kernel ({}); ignored", names.join(", "));
+        }
+        let fastest = fastest.unwrap_or(0);
         let usable = |kernel: &X86Kernel| {
             if !kernel.available() {
                 return false;
@@ -588,7 +593,13 @@ fn computes_the_portable_bits(kernel: X86Kernel) -> bool {
 #[cfg(target_arch = "aarch64")]
 fn arm_dot_products() -> bool {
     static DOTPROD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DOTPROD.get_or_init(|| neon::available() && std::env::var("TUWEN_Q8_KERNEL").as_deref() != Ok("portable"))
+    *DOTPROD.get_or_init(|| {
+        let asked = std::env::var("TUWEN_Q8_KERNEL").ok();
+        if let Some(other) = asked.as_deref().filter(|a| !["portable", "neon-dotprod"].contains(a)) {
+            eprintln!("tuwen: TUWEN_Q8_KERNEL={other:?} names no arm64 q8_0 kernel (neon-dotprod, portable); ignored");
+        }
+        neon::available() && asked.as_deref() != Some("portable")
+    })
 }
 
 /// What a product does as it stores each value: `+ bias`, then `act`, then `+ residual` (`[rows, out]`).
