@@ -28,6 +28,23 @@ wasm_bindgen_version() {
   awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock
 }
 
+# arm64 on an x86-64 host: the q8_0 kernel with 8-bit dot products (`sdot`) is built with Debian's cross
+# compiler and tested under qemu-user (`arm64_cargo`); an arm64 host runs it in the native layer.
+setup_arm64_cross() {
+  if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+    log "adding the aarch64-unknown-linux-gnu target (arm64 kernel tests under qemu)"
+    rustup target add aarch64-unknown-linux-gnu
+  fi
+  local arm64=()
+  command -v aarch64-linux-gnu-gcc >/dev/null || arm64+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+  command -v qemu-aarch64 >/dev/null || arm64+=(qemu-user)
+  if [ ${#arm64[@]} -gt 0 ]; then
+    log "installing ${arm64[*]} (arm64 kernel tests under qemu)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${arm64[@]}" >/dev/null
+  fi
+}
+
 setup() {
   command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
   if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
@@ -51,20 +68,7 @@ setup() {
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${packages[@]}" >/dev/null
   fi
-  # arm64: the q8_0 kernel with 8-bit dot products (`sdot`) is built with Debian's cross compiler and tested
-  # under qemu-user (the test layer below; .cargo/config.toml names the linker and the runner).
-  if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
-    log "adding the aarch64-unknown-linux-gnu target (arm64 kernel tests under qemu)"
-    rustup target add aarch64-unknown-linux-gnu
-  fi
-  local arm64=()
-  command -v aarch64-linux-gnu-gcc >/dev/null || arm64+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
-  command -v qemu-aarch64 >/dev/null || arm64+=(qemu-user)
-  if [ ${#arm64[@]} -gt 0 ]; then
-    log "installing ${arm64[*]} (arm64 kernel tests under qemu)"
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${arm64[@]}" >/dev/null
-  fi
+  if [ "$(uname -m)" = x86_64 ]; then setup_arm64_cross; fi
   # Slurm: tests/slurm.rs starts a real single-node cluster (nothing starts at install).
   if ! command -v slurmctld >/dev/null; then
     log "installing slurm-wlm (tests/slurm.rs runs a real single-node cluster)"
@@ -109,6 +113,17 @@ threads_relaxed_cargo() {
   RUSTFLAGS=${THREADS_RUSTFLAGS/+simd128,/+simd128,+relaxed-simd,} cargo "+$THREADS_TOOLCHAIN" "$@" --release \
     --target wasm32-unknown-unknown --no-default-features --features threads --target-dir target/wasm-threads-relaxed \
     -Z build-std=panic_abort,std,test
+}
+
+# cargo for arm64 Linux from an x86-64 host: Debian's cross linker, the tests run by qemu-user as CPU `$1`
+# (`max`: every optional feature). In the environment, not .cargo/config.toml, so that an arm64 host's own
+# builds stay native.
+arm64_cargo() {
+  local cpu=$1 command=$2
+  shift 2
+  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu $cpu" \
+    cargo "$command" --profile release-tests --no-fail-fast --no-default-features --target aarch64-unknown-linux-gnu "$@"
 }
 
 # Builds a second module for a package whose JS glue it must share: the glue of `built` (a wasm-bindgen
@@ -212,15 +227,15 @@ run_tests() {
   log "native tests"
   # release-tests: release without LTO (Cargo.toml), so ~20 test binaries link in seconds, not a minute each.
   cargo test --profile release-tests --no-fail-fast || failed+=("native (cargo test)")
-  log "arm64 tests under qemu (the dot-product kernel, the fused backend, q8_0 fidelity)"
-  # -cpu max has the dot products, so the q8_0 kernel tests compare the sdot kernel with the portable one bit
-  # for bit; a Cortex-A72 (Raspberry Pi 4) has none: the library's tests again, on the fallback. The thread
-  # count test is left out: it runs the CLI, which the library-only build does not have.
-  local arm64=(cargo test --profile release-tests --no-fail-fast --no-default-features --target aarch64-unknown-linux-gnu)
-  "${arm64[@]}" --lib --test cpu --test q8_fidelity -- --skip embeddings_do_not_depend_on_the_thread_count \
-    || failed+=("arm64 (qemu, with dot products)")
-  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu cortex-a72" "${arm64[@]}" --lib \
-    || failed+=("arm64 (qemu, Cortex-A72: no dot products)")
+  if [ "$(uname -m)" = x86_64 ]; then
+    log "arm64 tests under qemu (the dot-product kernel, the fused backend, q8_0 fidelity)"
+    # -cpu max has the dot products, so the q8_0 kernel tests compare the sdot kernel with the portable one
+    # bit for bit; a Cortex-A72 (Raspberry Pi 4) has none: the library's tests again, on the fallback. The
+    # thread-count test is left out: it runs the CLI, which the library-only build does not have.
+    arm64_cargo max test --lib --test cpu --test q8_fidelity -- --skip embeddings_do_not_depend_on_the_thread_count \
+      || failed+=("arm64 (qemu, with dot products)")
+    arm64_cargo cortex-a72 test --lib || failed+=("arm64 (qemu, Cortex-A72: no dot products)")
+  fi
   log "wasm tests in headless Chromium"
   # The runner's limit (WASM_BINDGEN_TEST_TIMEOUT, default 20 s) is for the whole suite, not per test; the
   # WebGPU tests run on Chromium's CPU-emulated adapter here and took longer than 20 s on a loaded machine.
