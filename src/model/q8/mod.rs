@@ -343,19 +343,16 @@ impl Q8Matrix {
         debug_assert_eq!(tiles.len(), outs.len());
         #[cfg(target_arch = "x86_64")]
         self.x86_tiles(best_x86_kernel(), x, tiles, rows, outs);
+        #[cfg(target_arch = "aarch64")]
+        if arm_dot_products() {
+            return neon_tiles(self, x, tiles, rows, outs);
+        }
         #[cfg(not(target_arch = "x86_64"))]
         for (tile, out) in tiles.zip(outs) {
             let view = self.tile_view(tile);
-            #[cfg(target_arch = "aarch64")]
-            if arm_dot_products() {
-                // SAFETY: the CPU has the dot-product instructions the kernel is compiled for.
-                unsafe { neon::tile(&view, x, rows.clone(), out) }
-            } else {
-                portable_tile(&view, x, rows.clone(), out)
-            }
             #[cfg(target_arch = "wasm32")]
             wasm::tile(&view, x, rows.clone(), out);
-            #[cfg(not(any(target_arch = "aarch64", target_arch = "wasm32")))]
+            #[cfg(not(target_arch = "wasm32"))]
             portable_tile(&view, x, rows.clone(), out);
         }
     }
@@ -536,7 +533,9 @@ fn best_x86_kernel() -> X86Kernel {
             if !kernel.available() {
                 return false;
             }
-            if *kernel == X86Kernel::Portable || computes_the_portable_bits(*kernel) {
+            if *kernel == X86Kernel::Portable
+                || computes_the_portable_bits(|w, x, tiles, rows, outs| w.x86_tiles(*kernel, x, tiles, rows, outs))
+            {
                 return true;
             }
             eprintln!(
@@ -549,13 +548,14 @@ fn best_x86_kernel() -> X86Kernel {
     })
 }
 
-/// Whether `kernel` gives the portable kernel's bits for one small product (5 rows — a 4-row group and a
-/// single row —, two tiles, three blocks): a guard, run once, against a kernel that is wrong on a CPU the
-/// tests never ran on (AVX-VNNI without AVX-512, say). Single-threaded on purpose: it runs while the kernel
-/// choice is being made, perhaps inside a thread-pool job.
-#[cfg(target_arch = "x86_64")]
-fn computes_the_portable_bits(kernel: X86Kernel) -> bool {
-    let (rows, out_dim, in_dim) = (5, 2 * TILE, 3 * BLOCK);
+/// Whether `tiles` (a kernel, called as `tiles_kernel` is) gives the portable kernel's bits for one small
+/// product (11 rows — every kernel's row groups of 6, 4 and 1 —, two tiles, three blocks): a guard, run once,
+/// against a kernel that is wrong on a CPU the tests never ran on (AVX-VNNI without AVX-512, arm64 outside
+/// qemu). Single-threaded on purpose: it runs while the kernel choice is being made, perhaps inside a
+/// thread-pool job.
+#[allow(dead_code)] // on targets with only the portable kernel
+fn computes_the_portable_bits(tiles: impl Fn(&Q8Matrix, &Q8Rows, Range<usize>, Range<usize>, &[TileOut])) -> bool {
+    let (rows, out_dim, in_dim) = (11, 2 * TILE, 3 * BLOCK);
     let wave = |n: usize, seed: f32| (0..n).map(|i| (i as f32 * 0.7548 + seed).sin() * 1.9).collect::<Vec<f32>>();
     let w = Q8Matrix::quantize(out_dim, in_dim, &wave(out_dim * in_dim, 0.3));
     let mut x = Q8Rows { rows, blocks: in_dim / BLOCK, ..Q8Rows::default() };
@@ -579,7 +579,7 @@ fn computes_the_portable_bits(kernel: X86Kernel) -> bool {
         on(&outs);
         out
     };
-    let fast = run(&|outs| w.x86_tiles(kernel, &x, 0..2, 0..rows, outs));
+    let fast = run(&|outs| tiles(&w, &x, 0..2, 0..rows, outs));
     let slow = run(&|outs| {
         for (t, out) in outs.iter().enumerate() {
             portable_tile(&w.tile_view(t), &x, 0..rows, out)
@@ -588,8 +588,18 @@ fn computes_the_portable_bits(kernel: X86Kernel) -> bool {
     fast.iter().map(|v| v.to_bits()).eq(slow.iter().map(|v| v.to_bits()))
 }
 
-/// Whether arm64's dot-product kernel runs: the CPU has `sdot` and `TUWEN_Q8_KERNEL=portable` does not ask
-/// for the portable kernel; decided once per process, as on x86.
+/// `tiles_kernel` on arm64's dot-product kernel; panics where the CPU lacks `sdot`.
+#[cfg(target_arch = "aarch64")]
+fn neon_tiles(w: &Q8Matrix, x: &Q8Rows, tiles: Range<usize>, rows: Range<usize>, outs: &[TileOut]) {
+    assert!(neon::available(), "this CPU has no 8-bit dot products");
+    for (tile, out) in tiles.zip(outs) {
+        // SAFETY: the CPU has the dot-product instructions the kernel is compiled for (asserted above).
+        unsafe { neon::tile(&w.tile_view(tile), x, rows.clone(), out) }
+    }
+}
+
+/// Whether arm64's dot-product kernel runs: the CPU has `sdot`, `TUWEN_Q8_KERNEL=portable` does not ask for
+/// the portable kernel, and the kernel computes the portable bits here; decided once per process, as on x86.
 #[cfg(target_arch = "aarch64")]
 fn arm_dot_products() -> bool {
     static DOTPROD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -598,7 +608,14 @@ fn arm_dot_products() -> bool {
         if let Some(other) = asked.as_deref().filter(|a| !["portable", "neon-dotprod"].contains(a)) {
             eprintln!("tuwen: TUWEN_Q8_KERNEL={other:?} names no arm64 q8_0 kernel (neon-dotprod, portable); ignored");
         }
-        neon::available() && asked.as_deref() != Some("portable")
+        if !neon::available() || asked.as_deref() == Some("portable") {
+            return false;
+        }
+        let right = computes_the_portable_bits(neon_tiles);
+        if !right {
+            eprintln!("tuwen: the neon-dotprod q8_0 kernel does not compute the reference results on this CPU; using the portable one");
+        }
+        right
     })
 }
 
@@ -894,6 +911,15 @@ mod tests {
                 (k.name(), run)
             })
             .collect();
+        #[cfg(target_arch = "aarch64")]
+        if neon::available() {
+            let portable: TilesFn = Box::new(|w, x, tiles, rows, outs| {
+                for (tile, out) in tiles.zip(outs) {
+                    portable_tile(&w.tile_view(tile), x, rows.clone(), out)
+                }
+            });
+            return vec![("neon-dotprod", Box::new(neon_tiles)), ("portable", portable)];
+        }
         #[allow(unreachable_code)]
         {
             let name = Q8Matrix::quantize(1, BLOCK, &[0.0; BLOCK]).kernel_name();
@@ -902,14 +928,15 @@ mod tests {
     }
 
     /// The guard that vets the fastest kernel at start-up passes every kernel this CPU runs (a guard that
-    /// rejected a right kernel would silently cost its speed).
-    #[cfg(target_arch = "x86_64")]
+    /// rejected a right kernel would silently cost its speed), and the kernel chosen is the fastest here.
     #[test]
     fn the_start_up_check_passes_every_kernel_here() {
-        for kernel in X86Kernel::ALL.into_iter().filter(|k| k.available()) {
-            assert!(computes_the_portable_bits(kernel), "{}", kernel.name());
+        for (name, kernel) in kernels_here() {
+            assert!(computes_the_portable_bits(|w, x, tiles, rows, outs| kernel(w, x, tiles, rows, outs)), "{name}");
         }
-        assert!(best_x86_kernel().available());
+        if std::env::var_os("TUWEN_Q8_KERNEL").is_none() {
+            assert_eq!(Q8Matrix::quantize(1, BLOCK, &[0.0; BLOCK]).kernel_name(), kernels_here()[0].0);
+        }
     }
 
     /// Every kernel this CPU can run gives exactly the portable kernel's bits, with each epilogue, on row
