@@ -347,14 +347,12 @@ impl Q8Matrix {
         if arm_dot_products() {
             return neon_tiles(self, x, tiles, rows, outs);
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "wasm32")]
         for (tile, out) in tiles.zip(outs) {
-            let view = self.tile_view(tile);
-            #[cfg(target_arch = "wasm32")]
-            wasm::tile(&view, x, rows.clone(), out);
-            #[cfg(not(target_arch = "wasm32"))]
-            portable_tile(&view, x, rows.clone(), out);
+            wasm::tile(&self.tile_view(tile), x, rows.clone(), out);
         }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "wasm32")))]
+        portable_tiles(self, x, tiles, rows, outs);
     }
 
     /// [`Self::tiles_kernel`] on a given x86 kernel, which the CPU must have.
@@ -522,13 +520,8 @@ impl X86Kernel {
 fn best_x86_kernel() -> X86Kernel {
     static BEST: std::sync::OnceLock<X86Kernel> = std::sync::OnceLock::new();
     *BEST.get_or_init(|| {
-        let asked = std::env::var("TUWEN_Q8_KERNEL").ok();
-        let fastest = X86Kernel::ALL.iter().position(|k| Some(k.name()) == asked.as_deref());
-        if let (Some(asked), None) = (&asked, fastest) {
-            let names: Vec<&str> = X86Kernel::ALL.iter().map(|k| k.name()).collect();
-            eprintln!("tuwen: TUWEN_Q8_KERNEL={asked:?} names no q8_0 kernel ({}); ignored", names.join(", "));
-        }
-        let fastest = fastest.unwrap_or(0);
+        let names = X86Kernel::ALL.map(X86Kernel::name);
+        let fastest = asked_kernel(&names).map_or(0, |asked| names.iter().position(|n| *n == asked).unwrap_or(0));
         let usable = |kernel: &X86Kernel| {
             if !kernel.available() {
                 return false;
@@ -580,12 +573,20 @@ fn computes_the_portable_bits(tiles: impl Fn(&Q8Matrix, &Q8Rows, Range<usize>, R
         out
     };
     let fast = run(&|outs| tiles(&w, &x, 0..2, 0..rows, outs));
-    let slow = run(&|outs| {
-        for (t, out) in outs.iter().enumerate() {
-            portable_tile(&w.tile_view(t), &x, 0..rows, out)
-        }
-    });
+    let slow = run(&|outs| portable_tiles(&w, &x, 0..2, 0..rows, outs));
     fast.iter().map(|v| v.to_bits()).eq(slow.iter().map(|v| v.to_bits()))
+}
+
+/// The kernel `TUWEN_Q8_KERNEL` names, one of `names` (this CPU's kernels, fastest first); any other value
+/// is reported and ignored.
+#[allow(dead_code)] // on targets with only the portable kernel
+fn asked_kernel(names: &[&'static str]) -> Option<&'static str> {
+    let asked = std::env::var("TUWEN_Q8_KERNEL").ok()?;
+    let known = names.iter().find(|n| **n == asked).copied();
+    if known.is_none() {
+        eprintln!("tuwen: TUWEN_Q8_KERNEL={asked:?} names no q8_0 kernel ({}); ignored", names.join(", "));
+    }
+    known
 }
 
 /// `tiles_kernel` on arm64's dot-product kernel; panics where the CPU lacks `sdot`.
@@ -604,11 +605,7 @@ fn neon_tiles(w: &Q8Matrix, x: &Q8Rows, tiles: Range<usize>, rows: Range<usize>,
 fn arm_dot_products() -> bool {
     static DOTPROD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *DOTPROD.get_or_init(|| {
-        let asked = std::env::var("TUWEN_Q8_KERNEL").ok();
-        if let Some(other) = asked.as_deref().filter(|a| !["portable", "neon-dotprod"].contains(a)) {
-            eprintln!("tuwen: TUWEN_Q8_KERNEL={other:?} names no arm64 q8_0 kernel (neon-dotprod, portable); ignored");
-        }
-        if !neon::available() || asked.as_deref() == Some("portable") {
+        if !neon::available() || asked_kernel(&["neon-dotprod", "portable"]) == Some("portable") {
             return false;
         }
         let right = computes_the_portable_bits(neon_tiles);
@@ -833,6 +830,14 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// `tiles_kernel` on the portable kernel.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+fn portable_tiles(w: &Q8Matrix, x: &Q8Rows, tiles: Range<usize>, rows: Range<usize>, outs: &[TileOut]) {
+    for (tile, out) in tiles.zip(outs) {
+        portable_tile(&w.tile_view(tile), x, rows.clone(), out);
+    }
+}
+
 /// The reference kernel: plain loops over the same layout (where no SIMD kernel applies), the same
 /// arithmetic as the SIMD kernels.
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))] // wasm always has a SIMD kernel (tests use it natively)
@@ -913,12 +918,7 @@ mod tests {
             .collect();
         #[cfg(target_arch = "aarch64")]
         if neon::available() {
-            let portable: TilesFn = Box::new(|w, x, tiles, rows, outs| {
-                for (tile, out) in tiles.zip(outs) {
-                    portable_tile(&w.tile_view(tile), x, rows.clone(), out)
-                }
-            });
-            return vec![("neon-dotprod", Box::new(neon_tiles)), ("portable", portable)];
+            return vec![("neon-dotprod", Box::new(neon_tiles)), ("portable", Box::new(portable_tiles))];
         }
         #[allow(unreachable_code)]
         {
