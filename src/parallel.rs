@@ -4,7 +4,8 @@
 //! In a browser a sleeping Web Worker takes ~0.1–0.3 ms to wake (`Atomics.wait` / `notify`), and a short
 //! text's pass has ~75 regions of ~1–3 ms: the second worker joined each one late. (ONNX Runtime's pool
 //! spins the same way.) Natively and in the threaded wasm build; in the single-threaded wasm build every
-//! region runs its jobs one after another.
+//! region runs its jobs one after another. Natively a team thread that has spun for 100 µs sleeps until
+//! woken, so that on a machine with other busy processes it does not spin against a descheduled teammate.
 
 /// Runs `job(0..n)` on the pool's threads, each index once, and returns when all have run: on the pass's
 /// team inside [`on_pool`], else on rayon's pool; one after another in the single-threaded wasm build. Jobs
@@ -66,6 +67,8 @@ mod team {
     use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
     use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
     use std::sync::Mutex;
+    #[cfg(not(target_arch = "wasm32"))]
+    use std::sync::Condvar;
 
     type Job<'a> = &'a (dyn Fn(usize) + Sync);
 
@@ -83,6 +86,69 @@ mod team {
         done: AtomicUsize,
         finished: AtomicBool,
         panic: Mutex<Option<Box<dyn Any + Send>>>,
+        parking: Parking,
+    }
+
+    /// Natively, how long a team thread spins for what it waits for (a region's last job, the next region)
+    /// before it sleeps: about as long as a job takes, so that on an idle machine a thread rarely sleeps, but
+    /// short, so that on a busy one (more runnable threads than cores) a thread waiting for a teammate the OS
+    /// has descheduled soon gives its core up. Spinning without end, two threads on a 2-core machine beside
+    /// one other busy process ran a text 2.4–2.8× slower than alone; sleeping after 100 µs, 2.1–2.3× (after
+    /// 30 µs, the idle machine slowed; BENCHMARKS.md).
+    #[cfg(not(target_arch = "wasm32"))]
+    const SPIN: std::time::Duration = std::time::Duration::from_micros(100);
+
+    /// Where team threads that have spun long enough sleep until what they wait for happens.
+    #[derive(Default)]
+    struct Parking {
+        /// Threads asleep or about to be: a waker takes the lock only when there are some.
+        #[cfg(not(target_arch = "wasm32"))]
+        sleepers: AtomicUsize,
+        #[cfg(not(target_arch = "wasm32"))]
+        lock: Mutex<()>,
+        #[cfg(not(target_arch = "wasm32"))]
+        woken: Condvar,
+    }
+
+    impl Parking {
+        /// Returns once `ready()`, which becomes true by a `SeqCst` store followed by [`Parking::wake`]. In
+        /// wasm it only spins: a Web Worker woken from `Atomics.wait` takes 0.1–0.3 ms, as long as a region.
+        fn wait_until(&self, ready: impl Fn() -> bool) {
+            #[cfg(not(target_arch = "wasm32"))]
+            let start = std::time::Instant::now();
+            let mut spins = 0u32;
+            while !ready() {
+                std::hint::spin_loop();
+                spins = spins.wrapping_add(1);
+                #[cfg(not(target_arch = "wasm32"))]
+                if spins % 64 == 0 && start.elapsed() >= SPIN {
+                    return self.sleep_until(ready);
+                }
+            }
+        }
+
+        #[cfg(not(target_arch = "wasm32"))]
+        fn sleep_until(&self, ready: impl Fn() -> bool) {
+            // Counted before `ready` is read again: a waker that made it true either sees this count and
+            // wakes under the lock, or made it true before the read below (both SeqCst), so no wake is lost.
+            self.sleepers.fetch_add(1, Ordering::SeqCst);
+            let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            while !ready() {
+                // The timeout only bounds the damage of a wake this reasoning missed.
+                guard = self.woken.wait_timeout(guard, std::time::Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner()).0;
+            }
+            drop(guard);
+            self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        }
+
+        /// After the `SeqCst` store that makes a sleeper's `ready()` true.
+        fn wake(&self) {
+            #[cfg(not(target_arch = "wasm32"))]
+            if self.sleepers.load(Ordering::SeqCst) > 0 {
+                let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+                self.woken.notify_all();
+            }
+        }
     }
 
     thread_local! {
@@ -98,18 +164,20 @@ mod team {
                 done: AtomicUsize::new(0),
                 finished: AtomicBool::new(false),
                 panic: Mutex::new(None),
+                parking: Parking::default(),
             }
         }
 
-        /// The next job of region `generation`, if it has one left.
-        fn claim(&self, generation: u64) -> Option<usize> {
+        /// The next job of region `generation`, if it has one left, and the region's job count.
+        fn claim(&self, generation: u64) -> Option<(usize, usize)> {
             let mut state = self.state.load(Ordering::Acquire);
             loop {
-                if state >> 40 != generation || state & FIELD >= (state >> 20) & FIELD {
+                let jobs = (state >> 20) & FIELD;
+                if state >> 40 != generation || state & FIELD >= jobs {
                     return None;
                 }
                 match self.state.compare_exchange_weak(state, state + 1, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => return Some((state & FIELD) as usize),
+                    Ok(_) => return Some(((state & FIELD) as usize, jobs as usize)),
                     Err(now) => state = now,
                 }
             }
@@ -118,11 +186,14 @@ mod team {
         /// Runs `job` for each claimed index of region `generation`, counting each as done even when it
         /// panics (the panic is kept for the leader), so the leader never waits for a job that will not end.
         fn work(&self, generation: u64, job: impl Fn() -> Job<'static>) {
-            while let Some(index) = self.claim(generation) {
+            while let Some((index, jobs)) = self.claim(generation) {
                 if let Err(panic) = catch_unwind(AssertUnwindSafe(|| job()(index))) {
                     self.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(panic);
                 }
-                self.done.fetch_add(1, Ordering::Release);
+                if self.done.fetch_add(1, Ordering::SeqCst) + 1 == jobs {
+                    // The region's last job: the leader may be asleep waiting for it.
+                    self.parking.wake();
+                }
             }
         }
 
@@ -134,11 +205,10 @@ mod team {
             self.job.store(&job as *const Job<'static> as *mut Job<'static>, Ordering::Relaxed);
             self.done.store(0, Ordering::Relaxed);
             let generation = ((self.state.load(Ordering::Relaxed) >> 40) + 1) & ((1 << 24) - 1);
-            self.state.store(generation << 40 | (n as u64) << 20, Ordering::Release);
+            self.state.store(generation << 40 | (n as u64) << 20, Ordering::SeqCst);
+            self.parking.wake();
             self.work(generation, || job);
-            while self.done.load(Ordering::Acquire) < n {
-                std::hint::spin_loop();
-            }
+            self.parking.wait_until(|| self.done.load(Ordering::SeqCst) >= n);
             if let Some(panic) = self.panic.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 resume_unwind(panic);
             }
@@ -147,12 +217,12 @@ mod team {
         /// A helper's side: run the jobs of every region published until the pass is over.
         fn help(&self) {
             let mut seen = 0;
-            while !self.finished.load(Ordering::Acquire) {
-                let generation = self.state.load(Ordering::Acquire) >> 40;
-                if generation == seen {
-                    std::hint::spin_loop();
-                    continue;
+            loop {
+                self.parking.wait_until(|| self.finished.load(Ordering::SeqCst) || self.state.load(Ordering::SeqCst) >> 40 != seen);
+                if self.finished.load(Ordering::SeqCst) {
+                    return;
                 }
+                let generation = self.state.load(Ordering::Acquire) >> 40;
                 seen = generation;
                 // SAFETY: read only after claiming a job of the region it belongs to (see `run`).
                 self.work(generation, || unsafe { *self.job.load(Ordering::Acquire) });
@@ -199,7 +269,8 @@ mod team {
             struct Finish<'a>(&'a Team);
             impl Drop for Finish<'_> {
                 fn drop(&mut self) {
-                    self.0.finished.store(true, Ordering::Release);
+                    self.0.finished.store(true, Ordering::SeqCst);
+                    self.0.parking.wake();
                     LEADING.with(|l| l.set(std::ptr::null()));
                 }
             }
@@ -437,6 +508,33 @@ mod tests {
             assert_eq!(message.downcast_ref::<&str>(), Some(&"job 17 failed"));
         }
         assert_eq!(pool.install(|| on_pool(|| run_counted(33))), vec![1; 33]);
+    }
+
+    /// Jobs and gaps between regions longer than the team's spin, so that the leader sleeps waiting for a
+    /// region's last job and the helper sleeps waiting for the next region: both must be woken, every job
+    /// run once.
+    #[test]
+    fn team_threads_that_sleep_are_woken() {
+        let long = std::time::Duration::from_millis(2);
+        pool(2).install(|| {
+            on_pool(|| {
+                for region in 0..40 {
+                    let n = [2, 3, 9][region % 3];
+                    let counts: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                    parallel_for(n, |i| {
+                        if i == n - 1 {
+                            std::thread::sleep(long);
+                        }
+                        counts[i].fetch_add(1, Ordering::Relaxed);
+                    });
+                    assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1), "region {region}");
+                    if region % 2 == 0 {
+                        // The leader busy alone between regions.
+                        std::thread::sleep(long);
+                    }
+                }
+            })
+        });
     }
 
     #[test]
