@@ -133,9 +133,19 @@ mod team {
             // wakes under the lock, or made it true before the read below (both SeqCst), so no wake is lost.
             self.sleepers.fetch_add(1, Ordering::SeqCst);
             let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            #[cfg(test)]
+            super::tests::SLEEPS.fetch_add(1, Ordering::Relaxed);
             while !ready() {
                 // The timeout only bounds the damage of a wake this reasoning missed.
-                guard = self.woken.wait_timeout(guard, std::time::Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner()).0;
+                let (woken, timeout) =
+                    self.woken.wait_timeout(guard, std::time::Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner());
+                guard = woken;
+                #[cfg(test)]
+                if timeout.timed_out() && ready() {
+                    super::tests::WAKES_MISSED.fetch_add(1, Ordering::Relaxed);
+                }
+                #[cfg(not(test))]
+                let _ = timeout;
             }
             drop(guard);
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
@@ -423,6 +433,11 @@ mod tests {
     use super::{on_pool, parallel_for};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Natively, team threads that went to sleep, and sleeps that ended by the safety timeout although what
+    /// they waited for had happened (a wake that did not come).
+    pub(super) static SLEEPS: AtomicUsize = AtomicUsize::new(0);
+    pub(super) static WAKES_MISSED: AtomicUsize = AtomicUsize::new(0);
+
     fn pool(threads: usize) -> rayon::ThreadPool {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap()
     }
@@ -510,31 +525,45 @@ mod tests {
         assert_eq!(pool.install(|| on_pool(|| run_counted(33))), vec![1; 33]);
     }
 
-    /// Jobs and gaps between regions longer than the team's spin, so that the leader sleeps waiting for a
-    /// region's last job and the helper sleeps waiting for the next region: both must be woken, every job
-    /// run once.
+    /// Jobs and gaps between regions longer than the team's spin, so that in every region the leader sleeps
+    /// waiting for the helper's last job and the helper sleeps waiting for the next region: both must be
+    /// woken — not left to the safety timeout —, every job run once.
     #[test]
     fn team_threads_that_sleep_are_woken() {
-        let long = std::time::Duration::from_millis(2);
+        let (sleeps, missed) = (SLEEPS.load(Ordering::Relaxed), WAKES_MISSED.load(Ordering::Relaxed));
+        let helped = AtomicUsize::new(0);
         pool(2).install(|| {
             on_pool(|| {
-                for region in 0..40 {
-                    let n = [2, 3, 9][region % 3];
-                    let counts: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-                    parallel_for(n, |i| {
-                        if i == n - 1 {
-                            std::thread::sleep(long);
+                let leader = rayon::current_thread_index();
+                for region in 0..30 {
+                    let counts: Vec<AtomicUsize> = (0..4).map(|_| AtomicUsize::new(0)).collect();
+                    let helper_jobs = AtomicUsize::new(0);
+                    parallel_for(4, |i| {
+                        // The helper's job outlasts the leader's other jobs and its spin.
+                        let on_leader = rayon::current_thread_index() == leader;
+                        if !on_leader {
+                            helper_jobs.fetch_add(1, Ordering::Relaxed);
                         }
+                        std::thread::sleep(std::time::Duration::from_micros(if on_leader { 300 } else { 2000 }));
                         counts[i].fetch_add(1, Ordering::Relaxed);
                     });
                     assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1), "region {region}");
-                    if region % 2 == 0 {
-                        // The leader busy alone between regions.
-                        std::thread::sleep(long);
+                    if helper_jobs.into_inner() > 0 {
+                        helped.fetch_add(1, Ordering::Relaxed);
                     }
+                    // The leader busy alone between regions.
+                    std::thread::sleep(std::time::Duration::from_millis(2));
                 }
             })
         });
+        // Other tests' passes may sleep too (counted as well); a wake racing the timeout is rare, a wake that
+        // is never sent is one per sleep of its kind.
+        let (sleeps, missed) = (SLEEPS.load(Ordering::Relaxed) - sleeps, WAKES_MISSED.load(Ordering::Relaxed) - missed);
+        assert!(sleeps >= 30, "the team slept {sleeps} times: the test no longer makes it sleep");
+        assert!(missed * 10 <= sleeps, "{missed} of {sleeps} sleeps ended by the timeout, not by a wake");
+        // Woken when a region is published, the helper takes a job while the leader runs its first (300 µs).
+        let helped = helped.into_inner();
+        assert!(helped >= 15, "the helper ran jobs of {helped} of 30 regions: it was not woken for them");
     }
 
     #[test]
