@@ -4,8 +4,9 @@
 //! In a browser a sleeping Web Worker takes ~0.1–0.3 ms to wake (`Atomics.wait` / `notify`), and a short
 //! text's pass has ~75 regions of ~1–3 ms: the second worker joined each one late. (ONNX Runtime's pool
 //! spins the same way.) Natively and in the threaded wasm build; in the single-threaded wasm build every
-//! region runs its jobs one after another. Natively a team thread that has spun for 100 µs sleeps until
-//! woken, so that on a machine with other busy processes it does not spin against a descheduled teammate.
+//! region runs its jobs one after another. A team thread that has spun for a while (100 µs natively) sleeps
+//! until woken, so that on a machine with other busy processes it does not spin against a descheduled
+//! teammate.
 
 /// Runs `job(0..n)` on the pool's threads, each index once, and returns when all have run: on the pass's
 /// team inside [`on_pool`], else on rayon's pool; one after another in the single-threaded wasm build. Jobs
@@ -67,7 +68,6 @@ mod team {
     use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
     use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
     use std::sync::Mutex;
-    #[cfg(not(target_arch = "wasm32"))]
     use std::sync::Condvar;
 
     type Job<'a> = &'a (dyn Fn(usize) + Sync);
@@ -97,22 +97,24 @@ mod team {
     /// 30 µs, the idle machine slowed; BENCHMARKS.md).
     #[cfg(not(target_arch = "wasm32"))]
     const SPIN: std::time::Duration = std::time::Duration::from_micros(100);
+    /// In wasm, spins before sleeping: a count, since std has no clock on wasm32-unknown-unknown; longer than
+    /// natively because a Web Worker woken from `Atomics.wait` takes 0.1–0.3 ms. Beside one busy process,
+    /// sleeping after this many took a 2-thread page's 52-token text from 326 to 208 ms; idle, no change.
+    #[cfg(target_arch = "wasm32")]
+    const SPINS: u32 = 1 << 19;
 
     /// Where team threads that have spun long enough sleep until what they wait for happens.
     #[derive(Default)]
     struct Parking {
         /// Threads asleep or about to be: a waker takes the lock only when there are some.
-        #[cfg(not(target_arch = "wasm32"))]
         sleepers: AtomicUsize,
-        #[cfg(not(target_arch = "wasm32"))]
         lock: Mutex<()>,
-        #[cfg(not(target_arch = "wasm32"))]
         woken: Condvar,
     }
 
     impl Parking {
-        /// Returns once `ready()`, which becomes true by a `SeqCst` store followed by [`Parking::wake`]. In
-        /// wasm it only spins: a Web Worker woken from `Atomics.wait` takes 0.1–0.3 ms, as long as a region.
+        /// Returns once `ready()`, which becomes true by a `SeqCst` store followed by [`Parking::wake`]:
+        /// spinning first (`SPIN` natively, `SPINS` in wasm), then asleep.
         fn wait_until(&self, ready: impl Fn() -> bool) {
             #[cfg(not(target_arch = "wasm32"))]
             let start = std::time::Instant::now();
@@ -124,27 +126,30 @@ mod team {
                 if spins % 64 == 0 && start.elapsed() >= SPIN {
                     return self.sleep_until(ready);
                 }
+                #[cfg(target_arch = "wasm32")]
+                if spins == SPINS {
+                    return self.sleep_until(ready);
+                }
             }
         }
 
-        #[cfg(not(target_arch = "wasm32"))]
         fn sleep_until(&self, ready: impl Fn() -> bool) {
             // Counted before `ready` is read again: a waker that made it true either sees this count and
             // wakes under the lock, or made it true before the read below (both SeqCst), so no wake is lost.
             self.sleepers.fetch_add(1, Ordering::SeqCst);
             let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            #[cfg(test)]
+            #[cfg(all(test, not(target_arch = "wasm32")))]
             super::tests::SLEEPS.fetch_add(1, Ordering::Relaxed);
             while !ready() {
                 // The timeout only bounds the damage of a wake this reasoning missed.
                 let (woken, timeout) =
                     self.woken.wait_timeout(guard, std::time::Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner());
                 guard = woken;
-                #[cfg(test)]
+                #[cfg(all(test, not(target_arch = "wasm32")))]
                 if timeout.timed_out() && ready() {
                     super::tests::WAKES_MISSED.fetch_add(1, Ordering::Relaxed);
                 }
-                #[cfg(not(test))]
+                #[cfg(not(all(test, not(target_arch = "wasm32"))))]
                 let _ = timeout;
             }
             drop(guard);
@@ -153,7 +158,6 @@ mod team {
 
         /// After the `SeqCst` store that makes a sleeper's `ready()` true.
         fn wake(&self) {
-            #[cfg(not(target_arch = "wasm32"))]
             if self.sleepers.load(Ordering::SeqCst) > 0 {
                 let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
                 self.woken.notify_all();
