@@ -67,8 +67,7 @@ mod team {
     use std::cell::Cell;
     use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
     use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-    use std::sync::Mutex;
-    use std::sync::Condvar;
+    use std::sync::{Condvar, Mutex};
 
     type Job<'a> = &'a (dyn Fn(usize) + Sync);
 
@@ -102,6 +101,13 @@ mod team {
     /// sleeping after this many took a 2-thread page's 52-token text from 326 to 208 ms; idle, no change.
     #[cfg(target_arch = "wasm32")]
     const SPINS: u32 = 1 << 19;
+
+    /// Team threads that went to sleep, and sleeps that ended by the safety timeout although what they waited
+    /// for had happened (a wake that did not come): for the tests.
+    #[cfg(test)]
+    pub(super) static SLEEPS: AtomicUsize = AtomicUsize::new(0);
+    #[cfg(test)]
+    pub(super) static WAKES_MISSED: AtomicUsize = AtomicUsize::new(0);
 
     /// Where team threads that have spun long enough sleep until what they wait for happens.
     #[derive(Default)]
@@ -138,19 +144,17 @@ mod team {
             // wakes under the lock, or made it true before the read below (both SeqCst), so no wake is lost.
             self.sleepers.fetch_add(1, Ordering::SeqCst);
             let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            #[cfg(all(test, not(target_arch = "wasm32")))]
-            super::tests::SLEEPS.fetch_add(1, Ordering::Relaxed);
+            #[cfg(test)]
+            SLEEPS.fetch_add(1, Ordering::Relaxed);
             while !ready() {
                 // The timeout only bounds the damage of a wake this reasoning missed.
-                let (woken, timeout) =
+                let (woken, _timeout) =
                     self.woken.wait_timeout(guard, std::time::Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner());
                 guard = woken;
-                #[cfg(all(test, not(target_arch = "wasm32")))]
-                if timeout.timed_out() && ready() {
-                    super::tests::WAKES_MISSED.fetch_add(1, Ordering::Relaxed);
+                #[cfg(test)]
+                if _timeout.timed_out() && ready() {
+                    WAKES_MISSED.fetch_add(1, Ordering::Relaxed);
                 }
-                #[cfg(not(all(test, not(target_arch = "wasm32"))))]
-                let _ = timeout;
             }
             drop(guard);
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
@@ -435,12 +439,8 @@ pub mod region_profile {
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::{on_pool, parallel_for};
+    use super::team::{SLEEPS, WAKES_MISSED};
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// Natively, team threads that went to sleep, and sleeps that ended by the safety timeout although what
-    /// they waited for had happened (a wake that did not come).
-    pub(super) static SLEEPS: AtomicUsize = AtomicUsize::new(0);
-    pub(super) static WAKES_MISSED: AtomicUsize = AtomicUsize::new(0);
 
     fn pool(threads: usize) -> rayon::ThreadPool {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap()
