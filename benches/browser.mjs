@@ -9,10 +9,11 @@
 // refuses to start when the 1-minute load average says something else is running (--force to override).
 //
 // --peers DIR (text.onnx, text-int8.onnx, vision.onnx, vision-int8.onnx from scripts/export_onnx.py, same
-// model as the site) also runs onnxruntime-web (npm, `npm install --no-save onnxruntime-web`) in the same
-// browser: one thread as on GitHub Pages, and two threads on a cross-origin-isolated server (COOP/COEP),
-// next to tuwen's encode time for a 52-token text and a 224×224 image at 1 thread (?threads=1) and at 2
-// (the threaded build, the page isolated through its service worker).
+// model as the site) also runs onnxruntime-web int8 (npm, `npm install --no-save onnxruntime-web`) beside
+// tuwen, the two pages open at once and taking turns (ratios per round: the host drifts): one thread as on
+// GitHub Pages, and two threads on a cross-origin-isolated server (COOP/COEP) against tuwen's threaded build
+// (the page isolated through its service worker); a 52-token text and a 224×224 image. Its fp32 towers are
+// timed once more on their own, at one thread.
 import { chromium } from 'playwright-core';
 import { cpSync, linkSync, readFileSync, readdirSync, mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
@@ -76,27 +77,14 @@ async function main() {
   const smallImage = [];
   for (let i = 0; i < runs; i++) longText.push(await textQuery(page, `${i}${LONG_TEXT}`));
   for (let i = 0; i < runs; i++) smallImage.push(await imageQuery(page, small));
-  // The encoders alone at 1 and 2 threads, each in a fresh context, for the table next to the peers.
-  const encoderRows = [];
-  if (peers) {
-    for (const threads of [1, 2]) {
-      const own = await browser.newContext();
-      const p = await own.newPage();
-      await p.goto(`${server.url}?backend=cpu&simd=${simdChoice}&threads=${threads}`);
-      await p.waitForSelector('body[data-ready="true"]', { timeout: 300_000 });
-      await textQuery(p, LONG_TEXT);
-      await imageQuery(p, small);
-      const [texts, images] = [[], []];
-      for (let i = 0; i < runs; i++) texts.push((await textQuery(p, `${i}${LONG_TEXT}`)).encode);
-      for (let i = 0; i < runs; i++) images.push((await imageQuery(p, small)).encode);
-      encoderRows.push({ badge: await p.textContent('#backend'), threads, text: median(texts), vision: median(images) });
-      await own.close();
-    }
-  }
+  // The encoders alone at 1 and 2 threads against onnxruntime-web, taking turns (see `compareWithPeer`).
+  const comparisons = [];
+  const peerSite = peers ? preparePeerSite(work) : null;
+  if (peers) for (const threads of [1, 2]) comparisons.push(await compareWithPeer(browser, server, peerSite, small, threads));
   const version = browser.version();
   await browser.close();
   server.stop();
-  const peerRows = peers ? await runPeers(work) : [];
+  const fp32Row = peers ? await peerInBlocks(peerSite, 'fp32', '', 1) : null;
   rmSync(work, { recursive: true, force: true });
 
   const mb = (a) => (a.bytes / 1e6).toFixed(1);
@@ -122,12 +110,16 @@ async function main() {
   console.log(row('224×224 image → captions + images', smallImage));
   if (peers) {
     console.log('');
-    console.log(`Encoder alone, median of ${runs} (text: 52 tokens; image: 224×224, decode included for tuwen), same browser:`);
+    console.log(`Encoder alone against onnxruntime-web ${peerSite.version} int8 (dynamic), taking turns: ${runs} rounds, each ${PER_TURN} runs of one engine then ${PER_TURN} of the other (the order swapped every round), text then image; ms are medians of every run, the ratio (tuwen ÷ onnxruntime-web) the median of the rounds' ratios, its range in brackets. Text: 52 tokens; image: 224×224, decode included for tuwen.`);
     console.log('');
-    console.log('| engine | weights | threads | text ms | image ms |');
-    console.log('|---|---|---|---|---|');
-    for (const r of encoderRows) console.log(`| tuwen (${r.badge}) | q8_0 | ${r.threads} | ${r.text.toFixed(0)} | ${r.vision.toFixed(0)} |`);
-    for (const r of peerRows) console.log(`| onnxruntime-web ${r.version} (wasm) | ${r.weights} | ${r.threads} | ${r.text.toFixed(0)} | ${r.vision.toFixed(0)} |`);
+    console.log('| threads | tuwen | text: tuwen ms | ORT-web ms | tuwen ÷ ORT-web | image: tuwen ms | ORT-web ms | tuwen ÷ ORT-web |');
+    console.log('|---|---|---|---|---|---|---|---|');
+    const ratio = (r) => `**${median(r).toFixed(2)}×** (${Math.min(...r).toFixed(2)}–${Math.max(...r).toFixed(2)})`;
+    for (const c of comparisons) {
+      console.log(`| ${c.threads} | ${c.badge} | ${median(c.text.tuwen).toFixed(0)} | ${median(c.text.peer).toFixed(0)} | ${ratio(c.text.ratios)} | ${median(c.image.tuwen).toFixed(0)} | ${median(c.image.peer).toFixed(0)} | ${ratio(c.image.ratios)} |`);
+    }
+    console.log('');
+    console.log(`onnxruntime-web fp32, 1 thread, on its own (median of ${runs}): text ${fp32Row.text.toFixed(0)} ms, image ${fp32Row.vision.toFixed(0)} ms.`);
   }
 }
 
@@ -136,24 +128,29 @@ const PEER_PAGE = `<!doctype html><meta charset="utf-8"><title>onnxruntime-web p
 <script type="module">
 import * as ort from './ort/ort.wasm.min.mjs';
 ort.env.wasm.wasmPaths = new URL('./ort/', location.href).href;
-window.runPeer = async (file, tower, runs, threads) => {
+// Sessions stay open between turns: timePeer runs one of them a number of times and returns each time.
+const sessions = {};
+const feedsFor = (tower) => tower === 'text'
+  ? { input_ids: new ort.Tensor('int64', BigInt64Array.from({ length: 52 }, (_, i) => BigInt(i === 0 ? 101 : i === 51 ? 102 : 1000 + i * 37)), [1, 52]),
+      attention_mask: new ort.Tensor('int64', new BigInt64Array(52).fill(1n), [1, 52]) }
+  : { pixel_values: new ort.Tensor('float32', Float32Array.from({ length: 3 * 224 * 224 }, (_, i) => Math.sin(i) * 1.5), [1, 3, 224, 224]) };
+window.openPeer = async (file, tower, threads) => {
   ort.env.wasm.numThreads = threads;
-  const session = await ort.InferenceSession.create(file, { executionProviders: ['wasm'] });
-  const feeds = tower === 'text'
-    ? { input_ids: new ort.Tensor('int64', BigInt64Array.from({ length: 52 }, (_, i) => BigInt(i === 0 ? 101 : i === 51 ? 102 : 1000 + i * 37)), [1, 52]),
-        attention_mask: new ort.Tensor('int64', new BigInt64Array(52).fill(1n), [1, 52]) }
-    : { pixel_values: new ort.Tensor('float32', Float32Array.from({ length: 3 * 224 * 224 }, (_, i) => Math.sin(i) * 1.5), [1, 3, 224, 224]) };
-  await session.run(feeds);
+  sessions[tower] = await ort.InferenceSession.create(file, { executionProviders: ['wasm'] });
+  await sessions[tower].run(feedsFor(tower));
+  return self.crossOriginIsolated;
+};
+window.timePeer = async (tower, runs) => {
+  const feeds = feedsFor(tower);
   const times = [];
-  for (let i = 0; i < runs; i++) { const t = performance.now(); await session.run(feeds); times.push(performance.now() - t); }
-  await session.release();
-  times.sort((a, b) => a - b);
-  return { median: times[Math.floor(times.length / 2)], isolated: self.crossOriginIsolated };
+  for (let i = 0; i < runs; i++) { const t = performance.now(); await sessions[tower].run(feeds); times.push(performance.now() - t); }
+  return times;
 };
 window.peerReady = true;
 </script>`;
 
-async function runPeers(work) {
+// The peer's folder: its page, onnxruntime-web's files and the ONNX towers.
+function preparePeerSite(work) {
   const dir = path.join(work, 'peer');
   mkdirSync(path.join(dir, 'models'), { recursive: true });
   writeFileSync(path.join(dir, 'index.html'), PEER_PAGE);
@@ -167,25 +164,74 @@ async function runPeers(work) {
     }
   }
   const version = JSON.parse(readFileSync(path.join(ROOT, 'node_modules/onnxruntime-web/package.json'), 'utf8')).version;
-  const rows = [];
-  for (const [weights, suffix, threads] of [['int8 (dynamic)', '-int8', 1], ['fp32', '', 1], ['int8 (dynamic)', '-int8', 2]]) {
-    const server = await serve(dir, { isolated: threads > 1 });
-    const browser = await chromium.launch({ executablePath: CHROMIUM, args: chromiumArgs({ webgpu: false }) });
-    try {
-      const page = await browser.newPage();
-      page.on('pageerror', (e) => console.error('peer page error:', e.message));
-      await page.goto(server.url);
-      await page.waitForFunction(() => window.peerReady === true);
-      const text = await page.evaluate(([f, r, t]) => window.runPeer(f, 'text', r, t), [`models/text${suffix}.onnx`, runs, threads]);
-      const vision = await page.evaluate(([f, r, t]) => window.runPeer(f, 'vision', r, t), [`models/vision${suffix}.onnx`, runs, threads]);
-      if (threads > 1 && !text.isolated) throw new Error('the peer page is not cross-origin isolated: no wasm threads');
-      rows.push({ version, weights, threads, text: text.median, vision: vision.median });
-    } finally {
-      await browser.close();
-      server.stop();
-    }
+  return { dir, version };
+}
+
+// onnxruntime-web's page with both towers open, on a server of its own (cross-origin isolated for threads).
+async function openPeer(peerSite, suffix, threads) {
+  const server = await serve(peerSite.dir, { isolated: threads > 1 });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: chromiumArgs({ webgpu: false }) });
+  const page = await browser.newPage();
+  page.on('pageerror', (e) => console.error('peer page error:', e.message));
+  await page.goto(server.url);
+  await page.waitForFunction(() => window.peerReady === true);
+  for (const tower of ['text', 'vision']) {
+    const isolated = await page.evaluate(([f, t, n]) => window.openPeer(f, t, n), [`models/${tower}${suffix}.onnx`, tower, threads]);
+    if (threads > 1 && !isolated) throw new Error('the peer page is not cross-origin isolated: no wasm threads');
   }
-  return rows;
+  const close = async () => {
+    await browser.close();
+    server.stop();
+  };
+  return { time: (tower, n) => page.evaluate(([t, r]) => window.timePeer(t, r), [tower, n]), close };
+}
+
+// Runs of one engine per turn: several, so that a turn is not one outlier; few, so that turns alternate
+// often enough for both engines to see the same machine.
+const PER_TURN = 3;
+
+// tuwen's page and onnxruntime-web's side by side at `threads`, both warm, taking turns: the host's speed
+// drifts by 2× over minutes (VMs), and blocks run minutes apart compared different machines. Each round's
+// ratio compares two engines measured within seconds of each other.
+async function compareWithPeer(browser, server, peerSite, small, threads) {
+  const own = await browser.newContext();
+  const page = await own.newPage();
+  await page.goto(`${server.url}?backend=cpu&simd=${simdChoice}&threads=${threads}`);
+  await page.waitForSelector('body[data-ready="true"]', { timeout: 300_000 });
+  await textQuery(page, LONG_TEXT);
+  await imageQuery(page, small);
+  const peer = await openPeer(peerSite, '-int8', threads);
+  const tuwen = {
+    text: async (n) => { const t = []; for (let i = 0; i < n; i++) t.push((await textQuery(page, `${i}${LONG_TEXT}`)).encode); return t; },
+    vision: async (n) => { const t = []; for (let i = 0; i < n; i++) t.push((await imageQuery(page, small)).encode); return t; },
+  };
+  const result = { threads, badge: await page.textContent('#backend'), text: { tuwen: [], peer: [], ratios: [] }, image: { tuwen: [], peer: [], ratios: [] } };
+  try {
+    for (let round = 0; round < runs; round++) {
+      for (const [tower, into] of [['text', result.text], ['vision', result.image]]) {
+        const turns = { tuwen: () => tuwen[tower](PER_TURN), peer: () => peer.time(tower, PER_TURN) };
+        const times = {};
+        for (const engine of round % 2 ? ['peer', 'tuwen'] : ['tuwen', 'peer']) times[engine] = await turns[engine]();
+        into.tuwen.push(...times.tuwen);
+        into.peer.push(...times.peer);
+        into.ratios.push(median(times.tuwen) / median(times.peer));
+      }
+    }
+  } finally {
+    await peer.close();
+    await own.close();
+  }
+  return result;
+}
+
+// onnxruntime-web alone (fp32, for reference): `runs` text runs, then `runs` image runs.
+async function peerInBlocks(peerSite, weights, suffix, threads) {
+  const peer = await openPeer(peerSite, suffix, threads);
+  try {
+    return { version: peerSite.version, weights, threads, text: median(await peer.time('text', runs)), vision: median(await peer.time('vision', runs)) };
+  } finally {
+    await peer.close();
+  }
 }
 
 main().catch((e) => {
