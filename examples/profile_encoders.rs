@@ -3,7 +3,8 @@
 //!     cargo build --release --example profile_encoders
 //!     perf record -g target/release/examples/profile_encoders <model.gguf|dir> text|vision [batch] [seconds]
 //!
-//! Inputs are fixed and synthetic (52-token texts, mid-grey images) so runs compare across kernels.
+//! Inputs are fixed and synthetic (52-token texts, mid-grey images) so runs compare across kernels;
+//! `TUWEN_PROFILE_TEXT=猫` encodes that text instead (short texts: what a pass costs beyond its products).
 
 use std::time::Instant;
 use tuwen::{Encoder, Towers};
@@ -16,7 +17,8 @@ fn main() -> anyhow::Result<()> {
     let batch: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(1);
     let seconds: f64 = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(5.0);
     let encoder = Encoder::load(&model, tower)?;
-    let text = "北京冬奥会开幕式上的烟花照亮了国家体育场的夜空，观众们在看台上挥舞着国旗欢呼。".repeat(2);
+    let text = std::env::var("TUWEN_PROFILE_TEXT")
+        .unwrap_or_else(|_| "北京冬奥会开幕式上的烟花照亮了国家体育场的夜空，观众们在看台上挥舞着国旗欢呼。".repeat(2));
     let texts = vec![text.as_str(); batch];
     let size = encoder.preprocess_config().image_size;
     let pixels = vec![tuwen::preprocess::Pixels { size, data: (0..3 * size * size).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect() }; batch];

@@ -103,9 +103,9 @@ mod team {
     const SPINS: u32 = 1 << 19;
 
     /// Team threads that went to sleep, and sleeps that ended by the safety timeout although what they waited
-    /// for had happened (a wake that did not come): for the tests.
-    #[cfg(test)]
-    pub(super) static SLEEPS: AtomicUsize = AtomicUsize::new(0);
+    /// for had happened (a wake that did not come): for the tests (and sleeps for the region profile).
+    #[cfg(any(test, feature = "region-profile"))]
+    pub(crate) static SLEEPS: AtomicUsize = AtomicUsize::new(0);
     #[cfg(test)]
     pub(super) static WAKES_MISSED: AtomicUsize = AtomicUsize::new(0);
 
@@ -144,7 +144,7 @@ mod team {
             // wakes under the lock, or made it true before the read below (both SeqCst), so no wake is lost.
             self.sleepers.fetch_add(1, Ordering::SeqCst);
             let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            #[cfg(test)]
+            #[cfg(any(test, feature = "region-profile"))]
             SLEEPS.fetch_add(1, Ordering::Relaxed);
             while !ready() {
                 // The timeout only bounds the damage of a wake this reasoning missed.
@@ -316,6 +316,9 @@ pub mod region_profile {
         wall_ns: u64,
         busy_ns: [u64; THREADS],
         jobs: [u64; THREADS],
+        /// Per thread, the sum over regions it took part in of how long after the region's start its first job
+        /// started: a thread that joins late (asleep, descheduled) shows it here.
+        join_ns: [u64; THREADS],
     }
 
     static REGIONS: Mutex<BTreeMap<(&'static str, u32), Totals>> = Mutex::new(BTreeMap::new());
@@ -355,18 +358,22 @@ pub mod region_profile {
         start: u64,
         busy: [AtomicU64; THREADS],
         jobs: [AtomicU64; THREADS],
+        joined: [AtomicU64; THREADS],
     }
 
     impl Region {
         pub fn start(site: &'static Location<'static>) -> Self {
-            Self { site, start: now_ns(), busy: Default::default(), jobs: Default::default() }
+            Self { site, start: now_ns(), busy: Default::default(), jobs: Default::default(), joined: Default::default() }
         }
 
         /// Runs one job, adding its time to the thread that ran it.
         pub fn time(&self, job: impl FnOnce()) {
             let start = now_ns();
-            job();
             let t = thread();
+            if self.jobs[t].load(Ordering::Relaxed) == 0 {
+                self.joined[t].store(start.saturating_sub(self.start), Ordering::Relaxed);
+            }
+            job();
             self.busy[t].fetch_add(now_ns() - start, Ordering::Relaxed);
             self.jobs[t].fetch_add(1, Ordering::Relaxed);
         }
@@ -382,6 +389,7 @@ pub mod region_profile {
             for i in 0..THREADS {
                 t.busy_ns[i] += self.busy[i].load(Ordering::Relaxed);
                 t.jobs[i] += self.jobs[i].load(Ordering::Relaxed);
+                t.join_ns[i] += self.joined[i].load(Ordering::Relaxed);
             }
         }
     }
@@ -414,22 +422,29 @@ pub mod region_profile {
             t.calls = (t.calls as f64 / n).round() as u64;
             t.wall_ns = (t.wall_ns as f64 / n) as u64;
             t.busy_ns.iter_mut().for_each(|b| *b = (*b as f64 / n) as u64);
+            t.join_ns.iter_mut().for_each(|b| *b = (*b as f64 / n) as u64);
             t.jobs.iter_mut().for_each(|b| *b = (*b as f64 / n).round() as u64);
         }
         let pass = PASS_NS.swap(0, Ordering::Relaxed) as f64 / n / 1e6;
         let wall: f64 = regions.values().map(|t| t.wall_ns as f64 / 1e6).sum();
-        let mut s = format!("passes {pass:.1} ms, regions {wall:.1} ms, outside regions {:.1} ms\n", pass - wall);
-        s += "site calls wall_ms busy_ms_per_thread jobs_per_thread\n";
+        #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+        let sleeps = super::team::SLEEPS.swap(0, Ordering::Relaxed) as f64 / n;
+        #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+        let sleeps = 0.0;
+        let mut s = format!("passes {pass:.1} ms, regions {wall:.1} ms, outside regions {:.1} ms, team sleeps {sleeps:.1}\n", pass - wall);
+        s += "site calls wall_ms busy_ms_per_thread jobs_per_thread joined_after_ms_per_thread\n";
         for ((file, line), t) in &regions {
             let used = (0..THREADS).filter(|&i| t.jobs[i] > 0).collect::<Vec<_>>();
             let busy: Vec<String> = used.iter().map(|&i| format!("{}:{:.1}", i, t.busy_ns[i] as f64 / 1e6)).collect();
             let jobs: Vec<String> = used.iter().map(|&i| format!("{}", t.jobs[i])).collect();
+            let joined: Vec<String> = used.iter().map(|&i| format!("{:.2}", t.join_ns[i] as f64 / 1e6)).collect();
             s += &format!(
-                "{file}:{line} {} {:.1} [{}] [{}]\n",
+                "{file}:{line} {} {:.1} [{}] [{}] [{}]\n",
                 t.calls,
                 t.wall_ns as f64 / 1e6,
                 busy.join(" "),
-                jobs.join(" ")
+                jobs.join(" "),
+                joined.join(" ")
             );
         }
         s
