@@ -97,7 +97,8 @@ mod team {
     #[cfg(not(target_arch = "wasm32"))]
     const SPIN: std::time::Duration = std::time::Duration::from_micros(100);
     /// In wasm, spins before sleeping: a count, since std has no clock on wasm32-unknown-unknown; longer than
-    /// natively because a Web Worker woken from `Atomics.wait` takes 0.1–0.3 ms. Beside one busy process,
+    /// natively because a Web Worker woken from `Atomics.wait` takes 0.1–0.3 ms (2¹⁹ spins of this loop's shape
+    /// take ~0.18 ms in V8; 2²² slept less but was no faster: BENCHMARKS.md). Beside one busy process,
     /// sleeping after this many took a 2-thread page's 52-token text from 326 to 208 ms; idle, no change.
     #[cfg(target_arch = "wasm32")]
     const SPINS: u32 = 1 << 19;
