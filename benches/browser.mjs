@@ -168,21 +168,26 @@ function preparePeerSite(work) {
 }
 
 // onnxruntime-web's page with both towers open, on a server of its own (cross-origin isolated for threads).
-async function openPeer(peerSite, suffix, threads) {
+async function openPeerPage(peerSite, suffix, threads) {
   const server = await serve(peerSite.dir, { isolated: threads > 1 });
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: chromiumArgs({ webgpu: false }) });
-  const page = await browser.newPage();
-  page.on('pageerror', (e) => console.error('peer page error:', e.message));
-  await page.goto(server.url);
-  await page.waitForFunction(() => window.peerReady === true);
-  for (const tower of ['text', 'vision']) {
-    const isolated = await page.evaluate(([f, t, n]) => window.openPeer(f, t, n), [`models/${tower}${suffix}.onnx`, tower, threads]);
-    if (threads > 1 && !isolated) throw new Error('the peer page is not cross-origin isolated: no wasm threads');
-  }
   const close = async () => {
     await browser.close();
     server.stop();
   };
+  const page = await browser.newPage();
+  page.on('pageerror', (e) => console.error('peer page error:', e.message));
+  try {
+    await page.goto(server.url);
+    await page.waitForFunction(() => window.peerReady === true);
+    for (const tower of ['text', 'vision']) {
+      const isolated = await page.evaluate(([f, t, n]) => window.openPeer(f, t, n), [`models/${tower}${suffix}.onnx`, tower, threads]);
+      if (threads > 1 && !isolated) throw new Error('the peer page is not cross-origin isolated: no wasm threads');
+    }
+  } catch (e) {
+    await close();
+    throw e;
+  }
   return { time: (tower, n) => page.evaluate(([t, r]) => window.timePeer(t, r), [tower, n]), close };
 }
 
@@ -200,7 +205,7 @@ async function compareWithPeer(browser, server, peerSite, small, threads) {
   await page.waitForSelector('body[data-ready="true"]', { timeout: 300_000 });
   await textQuery(page, LONG_TEXT);
   await imageQuery(page, small);
-  const peer = await openPeer(peerSite, '-int8', threads);
+  const peer = await openPeerPage(peerSite, '-int8', threads);
   const tuwen = {
     text: async (n) => { const t = []; for (let i = 0; i < n; i++) t.push((await textQuery(page, `${i}${LONG_TEXT}`)).encode); return t; },
     vision: async (n) => { const t = []; for (let i = 0; i < n; i++) t.push((await imageQuery(page, small)).encode); return t; },
@@ -226,7 +231,7 @@ async function compareWithPeer(browser, server, peerSite, small, threads) {
 
 // onnxruntime-web alone (fp32, for reference): `runs` text runs, then `runs` image runs.
 async function peerInBlocks(peerSite, weights, suffix, threads) {
-  const peer = await openPeer(peerSite, suffix, threads);
+  const peer = await openPeerPage(peerSite, suffix, threads);
   try {
     return { version: peerSite.version, weights, threads, text: median(await peer.time('text', runs)), vision: median(await peer.time('vision', runs)) };
   } finally {
