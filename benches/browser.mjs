@@ -84,7 +84,7 @@ async function main() {
   const version = browser.version();
   await browser.close();
   server.stop();
-  const fp32Row = peers ? await peerInBlocks(peerSite, 'fp32', '', 1) : null;
+  const fp32Row = peers ? await peerAlone(peerSite, '') : null;
   rmSync(work, { recursive: true, force: true });
 
   const mb = (a) => (a.bytes / 1e6).toFixed(1);
@@ -206,15 +206,16 @@ async function compareWithPeer(browser, server, peerSite, small, threads) {
   await textQuery(page, LONG_TEXT);
   await imageQuery(page, small);
   const peer = await openPeerPage(peerSite, '-int8', threads);
+  // Each text query is new (prefixed with its round and run), so that no cache can answer it.
   const tuwen = {
-    text: async (n) => { const t = []; for (let i = 0; i < n; i++) t.push((await textQuery(page, `${i}${LONG_TEXT}`)).encode); return t; },
-    vision: async (n) => { const t = []; for (let i = 0; i < n; i++) t.push((await imageQuery(page, small)).encode); return t; },
+    text: async (round, n) => { const t = []; for (let i = 0; i < n; i++) t.push((await textQuery(page, `${round * n + i}${LONG_TEXT}`)).encode); return t; },
+    vision: async (round, n) => { const t = []; for (let i = 0; i < n; i++) t.push((await imageQuery(page, small)).encode); return t; },
   };
   const result = { threads, badge: await page.textContent('#backend'), text: { tuwen: [], peer: [], ratios: [] }, image: { tuwen: [], peer: [], ratios: [] } };
   try {
     for (let round = 0; round < runs; round++) {
       for (const [tower, into] of [['text', result.text], ['vision', result.image]]) {
-        const turns = { tuwen: () => tuwen[tower](PER_TURN), peer: () => peer.time(tower, PER_TURN) };
+        const turns = { tuwen: () => tuwen[tower](round, PER_TURN), peer: () => peer.time(tower, PER_TURN) };
         const times = {};
         for (const engine of round % 2 ? ['peer', 'tuwen'] : ['tuwen', 'peer']) times[engine] = await turns[engine]();
         into.tuwen.push(...times.tuwen);
@@ -229,11 +230,11 @@ async function compareWithPeer(browser, server, peerSite, small, threads) {
   return result;
 }
 
-// onnxruntime-web alone (fp32, for reference): `runs` text runs, then `runs` image runs.
-async function peerInBlocks(peerSite, weights, suffix, threads) {
-  const peer = await openPeerPage(peerSite, suffix, threads);
+// onnxruntime-web alone at one thread (its fp32 towers, for reference): `runs` text runs, then `runs` image runs.
+async function peerAlone(peerSite, suffix) {
+  const peer = await openPeerPage(peerSite, suffix, 1);
   try {
-    return { version: peerSite.version, weights, threads, text: median(await peer.time('text', runs)), vision: median(await peer.time('vision', runs)) };
+    return { text: median(await peer.time('text', runs)), vision: median(await peer.time('vision', runs)) };
   } finally {
     await peer.close();
   }
