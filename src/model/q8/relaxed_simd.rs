@@ -61,11 +61,11 @@ pub(super) fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: 
 /// `sum` plus, per column (lane), the 4 products of `weights` (4 columns × 4 k-values) and `four` (one row's
 /// 4 activations, splat), in the form `PAIRS` chooses.
 #[inline(always)]
-fn dot<const PAIRS: bool>(weights: v128, four: v128, sum: v128) -> v128 {
+fn dot<const PAIRS: bool>(weights: v128, four: v128, sum: v128, ones: v128) -> v128 {
     if PAIRS {
         // The pairs widened by a dot with ones: written with `i32x4.extadd_pairwise_i16x8_s`, LLVM fuses the
         // three back into `i32x4.relaxed_dot_i8x16_i7x16_add`.
-        i32x4_add(sum, i32x4_dot_i16x8(i16x8_relaxed_dot_i8x16_i7x16(weights, four), i16x8_splat(1)))
+        i32x4_add(sum, i32x4_dot_i16x8(i16x8_relaxed_dot_i8x16_i7x16(weights, four), ones))
     } else {
         i32x4_relaxed_dot_i8x16_i7x16_add(weights, four, sum)
     }
@@ -83,6 +83,10 @@ fn rows_with<const MR: usize, const PAIRS: bool>(w: &TileView, x: &Q8Rows, row0:
     // - the group loop's count hidden from LLVM: unrolled, LLVM loads all 8 groups' weights and activations
     //   first and then runs each sum's 8 dot products as one chain, ~48 live vectors.
     let groups = std::hint::black_box(BLOCK / 4);
+    // The pairs form's vector of ones, passed through memory: as a constant V8 rebuilds it in every group
+    // (an immediate load, a move and a shuffle: 3 of the group's ~40 instructions); read once, it stays in a
+    // register.
+    let ones = std::hint::black_box(i16x8_splat(1));
     let mut acc = [[f32x4_splat(0.0); 4]; MR];
     for half in 0..2 {
         for b in 0..x.blocks {
@@ -96,7 +100,7 @@ fn rows_with<const MR: usize, const PAIRS: bool>(w: &TileView, x: &Q8Rows, row0:
                     // SAFETY: a group is 64 bytes, a quarter of it 16, in bounds.
                     let weights = unsafe { v128_load(wq.as_ptr().add(g * TILE * 4 + (2 * half + q) * 16) as *const v128) };
                     for r in 0..MR {
-                        dots[r][q] = dot::<PAIRS>(weights, four[r], dots[r][q]);
+                        dots[r][q] = dot::<PAIRS>(weights, four[r], dots[r][q], ones);
                     }
                 }
             }
