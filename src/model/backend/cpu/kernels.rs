@@ -253,9 +253,9 @@ const VALUES: usize = 16;
 const PAIR: usize = 2;
 
 wide_vectors! {
-    /// One (sequence, head): the head's keys packed once into blocks of 16 (`[block][head_dim][16]`) and each
-    /// group of 4 queries transposed (`[head_dim][4]`), so the score loop streams both in order with no bounds
-    /// checks and keeps 4 × 16 sums in registers (each score summed over the head's dimensions in order);
+    /// One (sequence, head): the head's keys packed once into blocks of 16 (`[block][head_dim][16]`), so the
+    /// score loop streams them in order with no bounds checks, each of 4 queries' dimensions broadcast from its
+    /// row, and keeps 4 × 16 sums in registers (each score summed over the head's dimensions in order);
     /// scale + mask + softmax fused; `P·V` for 2 queries at once over a contiguous copy of the head's values.
     fn attention_head(qkv: &[f32], b: usize, h: usize, seq: usize, queries_per_sequence: usize, hidden: usize, head_dim: usize, mask: Option<&[f32]>,
         scratch: &mut Vec<f32>, out: SendPtr) {
@@ -263,10 +263,9 @@ wide_vectors! {
         let row = |i: usize, part: usize| &qkv[(b * seq + i) * 3 * hidden + part * hidden + h * head_dim..][..head_dim];
         let padded = seq.div_ceil(KEYS) * KEYS;
         let block_len = head_dim * KEYS;
-        scratch.resize(head_dim * padded + QUERIES * padded + seq * head_dim + head_dim * QUERIES, 0.0);
+        scratch.resize(head_dim * padded + QUERIES * padded + seq * head_dim, 0.0);
         let (keys, rest) = scratch.split_at_mut(head_dim * padded);
-        let (scores, rest) = rest.split_at_mut(QUERIES * padded);
-        let (values, queries) = rest.split_at_mut(seq * head_dim);
+        let (scores, values) = rest.split_at_mut(QUERIES * padded);
         // The head's values copied together too: in `qkv` their rows lie 3·hidden floats apart, a stride that
         // maps them onto a few L1 sets.
         for j in 0..seq {
@@ -292,17 +291,17 @@ wide_vectors! {
         let mut inv = [0f32; QUERIES];
         for i0 in (0..queries_per_sequence).step_by(QUERIES) {
             let count = (queries_per_sequence - i0).min(QUERIES);
-            // A last group of fewer than 4 repeats its first query in the spare slots (computed, not used).
-            for n in 0..QUERIES {
-                for (d, &q) in row(if n < count { i0 + n } else { i0 }, 0).iter().enumerate() {
-                    queries[d * QUERIES + n] = q;
-                }
-            }
+            // The 4 queries read in place, each dimension broadcast from its row (a copy transposed to
+            // `[head_dim][4]` cost a tenth of the head in scalar moves). A last group of fewer than 4 repeats
+            // its first query in the spare slots (computed, not used).
+            let query_rows: [&[f32]; QUERIES] = std::array::from_fn(|n| row(if n < count { i0 + n } else { i0 }, 0));
             for (j0, block_keys) in (0..padded).step_by(KEYS).zip(keys.chunks_exact(block_len)) {
                 let mut block = [[0f32; KEYS]; QUERIES];
-                for (k, q) in block_keys.chunks_exact(KEYS).zip(queries.chunks_exact(QUERIES)) {
-                    let (k, q): (&[f32; KEYS], &[f32; QUERIES]) = (k.try_into().unwrap(), q.try_into().unwrap());
-                    for (block, &q) in block.iter_mut().zip(q) {
+                for (d, k) in block_keys.chunks_exact(KEYS).enumerate() {
+                    let k: &[f32; KEYS] = k.try_into().unwrap();
+                    // SAFETY: d < head_dim, the length of every query row (`row`).
+                    let q: [f32; QUERIES] = std::array::from_fn(|n| unsafe { *query_rows[n].get_unchecked(d) });
+                    for (block, &q) in block.iter_mut().zip(&q) {
                         for c in 0..KEYS {
                             block[c] += q * k[c];
                         }
@@ -364,7 +363,7 @@ wide_vectors! {
 }
 
 thread_local! {
-    /// One head's packed keys, 4 queries' scores, the head's values and 4 transposed queries, per thread.
+    /// One head's packed keys, 4 queries' scores and the head's values, per thread.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
