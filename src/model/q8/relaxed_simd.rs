@@ -59,7 +59,8 @@ pub(super) fn rows<const MR: usize>(w: &TileView, x: &Q8Rows, row0: usize, out: 
 }
 
 /// `sum` plus, per column (lane), the 4 products of `weights` (4 columns × 4 k-values) and `four` (one row's
-/// 4 activations, splat), in the form `PAIRS` chooses.
+/// 4 activations, splat), in the form `PAIRS` chooses (the pairs form widens by a dot with `ones`, eight i16
+/// ones).
 #[inline(always)]
 fn dot<const PAIRS: bool>(weights: v128, four: v128, sum: v128, ones: v128) -> v128 {
     if PAIRS {
