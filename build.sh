@@ -2,8 +2,10 @@
 # tuwen's one entry point.
 #   ./build.sh          set up, build (native CLI + wasm package in pkg/), build the demo site into site/
 #                       and serve it on http://127.0.0.1:8080/ (TUWEN_PORT to change)
-#   ./build.sh test     set up, then run every test: native (cargo test), wasm in headless Chromium, and the
-#                       page end to end (Playwright driving Chromium)
+#   ./build.sh test     set up, then run every test: native (cargo test), arm64 under qemu, wasm in headless
+#                       Chromium (four builds), the page end to end (Playwright driving Chromium); each
+#                       layer's time at the end
+#   ./build.sh quick    the developer's loop: the native tests and the SIMD128 wasm build's tests
 #   ./build.sh site --model M --pairs CSV --images DIR --out DIR
 #                       build a deployable static site for a gallery of image_id,caption pairs
 #                       (M: an HF model directory, quantized to q8_0 per tower, or a tuwen GGUF)
@@ -105,8 +107,6 @@ setup_tests() {
   fi
 }
 
-# The wasm flags of .cargo/config.toml plus relaxed SIMD, for the second build (RUSTFLAGS replaces them).
-RELAXED_RUSTFLAGS='-C target-feature=+simd128,+relaxed-simd --cfg getrandom_backend="wasm_js"'
 # The third build: SIMD128 with wasm threads (shared memory up to 4 GiB: a full-size model and its
 # activations fit; std rebuilt with atomics, which only nightly cargo can do: -Z build-std).
 THREADS_TOOLCHAIN=nightly-2026-10-30
@@ -114,15 +114,13 @@ THREADS_RUSTFLAGS='-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-glo
   -C link-arg=--shared-memory -C link-arg=--max-memory=4294967296 -C link-arg=--import-memory
   -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size -C link-arg=--export=__tls_align
   -C link-arg=--export=__tls_base'
+# $1: the profile, $2: features besides `threads` ("" or relaxed-simd: the fourth build, threads with relaxed
+# SIMD, shares this one's target dir and std).
 threads_cargo() {
-  RUSTFLAGS=$THREADS_RUSTFLAGS cargo "+$THREADS_TOOLCHAIN" "$@" --release --target wasm32-unknown-unknown \
-    --no-default-features --features threads --target-dir target/wasm-threads -Z build-std=panic_abort,std,test
-}
-# The fourth: threads with relaxed SIMD (its own target dir: std is rebuilt with the flags).
-threads_relaxed_cargo() {
-  RUSTFLAGS=${THREADS_RUSTFLAGS/+simd128,/+simd128,+relaxed-simd,} cargo "+$THREADS_TOOLCHAIN" "$@" --release \
-    --target wasm32-unknown-unknown --no-default-features --features threads --target-dir target/wasm-threads-relaxed \
-    -Z build-std=panic_abort,std,test
+  local profile=$1 features=threads${2:+,$2}
+  shift 2
+  RUSTFLAGS=$THREADS_RUSTFLAGS cargo "+$THREADS_TOOLCHAIN" "$@" --profile "$profile" --target wasm32-unknown-unknown \
+    --no-default-features --features "$features" --target-dir target/wasm-threads -Z build-std=panic_abort,std,test
 }
 
 # cargo for arm64 Linux from an x86-64 host: Debian's cross linker, the tests run by qemu-user as CPU `$1`
@@ -145,32 +143,36 @@ same_glue() {
     || { echo "the JS glue of $built differs from $pkg's" >&2; return 1; }
 }
 
+# The wasm package in pkg/: four modules, two JS glues. $1: the cargo profile (release for sites; the tests
+# use release-tests, whose compilation the wasm test builds have just made, so nothing is compiled twice).
 build_wasm() {
-  log "building the wasm package (pkg/)"
-  cargo build --release --lib --target wasm32-unknown-unknown --no-default-features
-  wasm-bindgen --target web --out-dir pkg target/wasm32-unknown-unknown/release/tuwen.wasm
-  # The same code for browsers with relaxed SIMD (8-bit dot products): its own target dir, so neither build
-  # invalidates the other; the JS glue must come out identical, since the page loads either module with it.
+  local profile=${1:-release}
+  local out=$profile
+  log "building the wasm package (pkg/, profile $profile)"
+  cargo build --profile "$profile" --lib --target wasm32-unknown-unknown --no-default-features
+  wasm-bindgen --target web --out-dir pkg "target/wasm32-unknown-unknown/$out/tuwen.wasm"
+  # The same code for browsers with relaxed SIMD (8-bit dot products): the feature enables it in the q8_0
+  # kernel only, so every dependency is shared; the JS glue must come out identical, since the page loads
+  # either module with it.
   log "building the relaxed-SIMD wasm module (pkg/tuwen_bg_relaxed.wasm)"
-  RUSTFLAGS=$RELAXED_RUSTFLAGS cargo build --release --lib --target wasm32-unknown-unknown --no-default-features \
-    --target-dir target/wasm-relaxed
-  rm -rf target/wasm-relaxed/pkg
-  wasm-bindgen --target web --out-dir target/wasm-relaxed/pkg target/wasm-relaxed/wasm32-unknown-unknown/release/tuwen.wasm
-  same_glue pkg target/wasm-relaxed/pkg
-  cp target/wasm-relaxed/pkg/tuwen_bg.wasm pkg/tuwen_bg_relaxed.wasm
+  cargo build --profile "$profile" --lib --target wasm32-unknown-unknown --no-default-features --features relaxed-simd
+  rm -rf target/wasm-relaxed-pkg
+  wasm-bindgen --target web --out-dir target/wasm-relaxed-pkg "target/wasm32-unknown-unknown/$out/tuwen.wasm"
+  same_glue pkg target/wasm-relaxed-pkg
+  cp target/wasm-relaxed-pkg/tuwen_bg.wasm pkg/tuwen_bg_relaxed.wasm
   # Threads: its own glue (shared memory, the worker pool's snippet), so its own package folder.
   log "building the threaded wasm package (pkg/threads/)"
-  threads_cargo build --lib
+  threads_cargo "$profile" "" build --lib
   rm -rf pkg/threads
-  wasm-bindgen --target web --out-dir pkg/threads target/wasm-threads/wasm32-unknown-unknown/release/tuwen.wasm
+  wasm-bindgen --target web --out-dir pkg/threads "target/wasm-threads/wasm32-unknown-unknown/$out/tuwen.wasm"
   log "building the threaded relaxed-SIMD module (pkg/threads/tuwen_bg_relaxed.wasm)"
-  threads_relaxed_cargo build --lib
-  rm -rf target/wasm-threads-relaxed/pkg
-  wasm-bindgen --target web --out-dir target/wasm-threads-relaxed/pkg \
-    target/wasm-threads-relaxed/wasm32-unknown-unknown/release/tuwen.wasm
-  same_glue pkg/threads target/wasm-threads-relaxed/pkg
-  cp target/wasm-threads-relaxed/pkg/tuwen_bg.wasm pkg/threads/tuwen_bg_relaxed.wasm
-  if [ "${TUWEN_WASM_OPT:-1}" = 1 ]; then
+  threads_cargo "$profile" relaxed-simd build --lib
+  rm -rf target/wasm-threads-relaxed-pkg
+  wasm-bindgen --target web --out-dir target/wasm-threads-relaxed-pkg "target/wasm-threads/wasm32-unknown-unknown/$out/tuwen.wasm"
+  same_glue pkg/threads target/wasm-threads-relaxed-pkg
+  cp target/wasm-threads-relaxed-pkg/tuwen_bg.wasm pkg/threads/tuwen_bg_relaxed.wasm
+  # -O3 makes the modules ~a third smaller and a little faster: for what is published, not for the tests.
+  if [ "$profile" = release ] && [ "${TUWEN_WASM_OPT:-1}" = 1 ]; then
     log "optimising the wasm modules (wasm-opt -O3)"
     local features=(--enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals)
     node_modules/.bin/wasm-opt -O3 "${features[@]}" pkg/tuwen_bg.wasm -o pkg/tuwen_bg.wasm
@@ -230,43 +232,72 @@ serve() {
   target/release/tuwen serve --dir "${1:-site}" --port "${TUWEN_PORT:-8080}"
 }
 
-# Every layer runs even when an earlier one fails (cargo's --no-fail-fast runs every test binary too), so
-# one run reports everything; the command fails if any layer did.
+# Each test layer's wall time, printed at the end of the run.
+LAYER_TIMES=()
+timed() {
+  local name=$1 start=$SECONDS status=0
+  shift
+  "$@" || status=$?
+  LAYER_TIMES+=("$(printf '%-44s %5d s  %s' "$name" $((SECONDS - start)) "$([ $status = 0 ] && echo ok || echo FAILED)")")
+  return $status
+}
+
+native_tests() {
+  log "native tests (the native suite, q8_0 fidelity, the library's and the CLI's unit tests)"
+  cargo test --profile release-tests --no-fail-fast
+}
+
+# -cpu max has the dot products, so the q8_0 kernel tests compare the sdot kernel with the portable one bit for
+# bit; a Cortex-A72 (Raspberry Pi 4) has none: the library's tests again, on the fallback. From the native suite
+# only the fused backend's tests (cpu::) run: the rest needs the CLI, which the library-only build lacks.
+arm64_tests() {
+  log "arm64 tests under qemu (the dot-product kernel, the fused backend, q8_0 fidelity)"
+  local failed=0
+  arm64_cargo max test --lib --test q8_fidelity || failed=1
+  arm64_cargo max test --test native -- cpu:: --skip embeddings_do_not_depend_on_the_thread_count || failed=1
+  arm64_cargo cortex-a72 test --lib || failed=1
+  return $failed
+}
+
+# The runner's limit (WASM_BINDGEN_TEST_TIMEOUT, default 20 s) is for the whole suite, not per test; the WebGPU
+# tests run on Chromium's CPU-emulated adapter here and took longer than 20 s on a loaded machine.
+web_test() {
+  WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-900} CHROMEDRIVER=$(command -v chromedriver) "$@"
+}
+
+# tests/web.rs on each of the four builds in headless Chromium, in the profile the page's package is then
+# built from (the same compilation: its dependencies and the library are built once per flavour).
+wasm_tests() {
+  local failed=0
+  log "wasm tests in headless Chromium (SIMD128)"
+  web_test cargo test --profile release-tests --target wasm32-unknown-unknown --no-default-features --test web || failed=1
+  log "wasm tests in headless Chromium (relaxed SIMD)"
+  web_test cargo test --profile release-tests --target wasm32-unknown-unknown --no-default-features \
+    --features relaxed-simd --test web || failed=1
+  log "wasm tests in headless Chromium (threads, $THREADS_TOOLCHAIN)"
+  web_test threads_cargo release-tests "" test --test web || failed=1
+  log "wasm tests in headless Chromium (threads + relaxed SIMD, $THREADS_TOOLCHAIN)"
+  web_test threads_cargo release-tests relaxed-simd test --test web || failed=1
+  return $failed
+}
+
+page_tests() {
+  log "the page end to end (Playwright + Chromium) on the modules the wasm layer built"
+  build_wasm release-tests || { echo "the wasm package did not build" >&2; return 1; }
+  TUWEN_BIN="$PWD/target/release-tests/tuwen" node --test --test-concurrency=1 tests/e2e/
+}
+
+# Every layer runs even when an earlier one fails (cargo's --no-fail-fast runs every test binary too), so one
+# run reports everything; the command fails if any layer did.
 run_tests() {
   local failed=()
-  log "native tests"
-  # release-tests: release without LTO (Cargo.toml), so ~20 test binaries link in seconds, not a minute each.
-  cargo test --profile release-tests --no-fail-fast || failed+=("native (cargo test)")
+  timed "native" native_tests || failed+=("native (cargo test)")
   if [ "$(uname -m)" = x86_64 ]; then
-    log "arm64 tests under qemu (the dot-product kernel, the fused backend, q8_0 fidelity)"
-    # -cpu max has the dot products, so the q8_0 kernel tests compare the sdot kernel with the portable one
-    # bit for bit; a Cortex-A72 (Raspberry Pi 4) has none: the library's tests again, on the fallback. The
-    # thread-count test is left out: it runs the CLI, which the library-only build does not have.
-    arm64_cargo max test --lib --test cpu --test q8_fidelity -- --skip embeddings_do_not_depend_on_the_thread_count \
-      || failed+=("arm64 (qemu, with dot products)")
-    arm64_cargo cortex-a72 test --lib || failed+=("arm64 (qemu, Cortex-A72: no dot products)")
+    timed "arm64 under qemu" arm64_tests || failed+=("arm64 (qemu)")
   fi
-  log "wasm tests in headless Chromium"
-  # The runner's limit (WASM_BINDGEN_TEST_TIMEOUT, default 20 s) is for the whole suite, not per test; the
-  # WebGPU tests run on Chromium's CPU-emulated adapter here and took longer than 20 s on a loaded machine.
-  WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-900} CHROMEDRIVER=$(command -v chromedriver) cargo test --release --target wasm32-unknown-unknown --no-default-features --test web \
-    || failed+=("wasm (tests/web.rs in Chromium)")
-  log "wasm tests in headless Chromium, relaxed-SIMD build"
-  WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-900} CHROMEDRIVER=$(command -v chromedriver) RUSTFLAGS=$RELAXED_RUSTFLAGS \
-    cargo test --release --target wasm32-unknown-unknown --no-default-features --test web --target-dir target/wasm-relaxed \
-    || failed+=("wasm relaxed SIMD (tests/web.rs in Chromium)")
-  log "wasm tests in headless Chromium, threaded build ($THREADS_TOOLCHAIN)"
-  WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-900} CHROMEDRIVER=$(command -v chromedriver) threads_cargo test --test web \
-    || failed+=("wasm threads (tests/web.rs in Chromium)")
-  log "wasm tests in headless Chromium, threaded relaxed-SIMD build ($THREADS_TOOLCHAIN)"
-  WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-900} CHROMEDRIVER=$(command -v chromedriver) threads_relaxed_cargo test --test web \
-    || failed+=("wasm threads relaxed SIMD (tests/web.rs in Chromium)")
-  log "the page end to end (Playwright + Chromium)"
-  if build_wasm; then
-    TUWEN_BIN="$PWD/target/release-tests/tuwen" node --test --test-concurrency=1 tests/e2e/ || failed+=("page (tests/e2e)")
-  else
-    failed+=("page (the wasm package did not build)")
-  fi
+  timed "wasm: tests/web.rs on four builds (Chromium)" wasm_tests || failed+=("wasm (tests/web.rs in Chromium)")
+  timed "page end to end (Playwright)" page_tests || failed+=("page (tests/e2e)")
+  report_times
   if [ ${#failed[@]} -gt 0 ]; then
     printf '\033[1;31m==> FAILED: %s\033[0m\n' "${failed[@]}" >&2
     return 1
@@ -274,12 +305,28 @@ run_tests() {
   log "all test layers passed"
 }
 
+# The developer's loop: the native tests and tests/web.rs on the SIMD128 build (a few minutes once built).
+quick_tests() {
+  local failed=()
+  timed "native" native_tests || failed+=("native")
+  timed "wasm: tests/web.rs (SIMD128, Chromium)" web_test cargo test --profile release-tests \
+    --target wasm32-unknown-unknown --no-default-features --test web || failed+=("wasm")
+  report_times
+  [ ${#failed[@]} = 0 ] || { printf '\033[1;31m==> FAILED: %s\033[0m\n' "${failed[@]}" >&2; return 1; }
+}
+
+report_times() {
+  log "time per layer"
+  printf '  %s\n' "${LAYER_TIMES[@]}" >&2
+}
+
 case "${1:-}" in
   "") setup; demo ;;
-  test) setup; setup_tests; run_tests ;;
+  test) timed "setup" setup; timed "setup for the tests" setup_tests; run_tests ;;
+  quick) setup; setup_tests; quick_tests ;;
   site) shift; setup; build_native; build_wasm; target/release/tuwen site "$@" ;;
   serve) shift; [ -x target/release/tuwen ] || build_native; serve "$@" ;;
   setup) setup ;;
   wasm) setup; build_wasm ;;
-  *) echo "usage: ./build.sh [test|site --model M --pairs CSV --images DIR --out DIR|serve [DIR]|setup|wasm]" >&2; exit 2 ;;
+  *) echo "usage: ./build.sh [test|quick|site --model M --pairs CSV --images DIR --out DIR|serve [DIR]|setup|wasm]" >&2; exit 2 ;;
 esac

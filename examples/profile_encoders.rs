@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
     };
     run()?;
     #[cfg(feature = "region-profile")]
-    drop(tuwen::parallel::region_profile::report(1)); // the warm-up run is not counted
+    drop(tuwen::model::backend::cpu::region_profile::report(1)); // the warm-up run is not counted
     let (start, cpu_start, mut runs) = (Instant::now(), cpu_seconds(), 0);
     while start.elapsed().as_secs_f64() < seconds {
         run()?;
@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
     println!("{} batch {batch}: {:.1} ms per batch, {:.1} items/s ({runs} runs{busy})", tower.name(), per * 1e3, batch as f64 / per);
     // With `--features region-profile`: each parallel region's wall time and each thread's time in its jobs.
     #[cfg(feature = "region-profile")]
-    println!("per run:\n{}", tuwen::parallel::region_profile::report(runs));
+    println!("per run:\n{}", tuwen::model::backend::cpu::region_profile::report(runs));
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use half::f16;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use crate::util::hex;
 
 pub const FORMAT: &str = "tuwen.bundle";
 /// Version 2 keeps ids and captions in tensors (version 1 kept them in the safetensors header, which
@@ -203,9 +204,6 @@ fn integrity_hash(header_json: &str, ids_json: &str, captions_json: Option<&str>
     hex(&h.finalize())
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Stores one f32 row as int8 with a scale: `x ≈ scale · q`.
 fn quantize_row(row: &[f32], out: &mut Vec<i8>) -> f32 {

@@ -355,3 +355,40 @@ mod tests {
         assert!(err.contains("vision_config.hidden_act"), "{err}");
     }
 }
+
+/// Which encoders to load: the page needs only the one a query uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Towers {
+    Text,
+    Vision,
+    Both,
+}
+
+impl std::str::FromStr for Towers {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "vision" => Ok(Self::Vision),
+            "both" => Ok(Self::Both),
+            other => Err(format!("towers are \"text\", \"vision\" or \"both\", not {other:?}")),
+        }
+    }
+}
+
+impl Towers {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Vision => "vision",
+            Self::Both => "both",
+        }
+    }
+
+    pub fn text(self) -> bool {
+        matches!(self, Self::Text | Self::Both)
+    }
+    pub fn vision(self) -> bool {
+        matches!(self, Self::Vision | Self::Both)
+    }
+}

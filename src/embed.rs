@@ -6,7 +6,7 @@ use crate::model::{text::pad_batch, Engine, Gpu, Params, Towers};
 use crate::preprocess::{preprocess, Pixels};
 use crate::tokenize::TextTokenizer;
 use crate::util::resolve_now;
-use crate::weights::ModelDir;
+use crate::weights::hf::ModelDir;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use candle_nn::VarBuilder;
@@ -138,7 +138,7 @@ impl Encoder {
             let mut magic = [0u8; 4];
             use std::io::Read;
             let _ = file.read(&mut magic);
-            if crate::quantize::is_gguf(&magic) {
+            if crate::weights::gguf::is_gguf(&magic) {
                 let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
                 let mut encoder = Self::from_gguf_bytes_on(&bytes, towers, at).with_context(|| format!("{}", path.display()))?;
                 encoder.info.source = path.display().to_string();
@@ -156,7 +156,7 @@ impl Encoder {
 
     pub fn from_gguf_bytes_on(bytes: &[u8], towers: Towers, at: Placement) -> Result<Self> {
         let device = Device::Cpu;
-        let gguf = crate::quantize::GgufModel::read(&mut std::io::Cursor::new(bytes), &device)?;
+        let gguf = crate::weights::gguf::GgufModel::read(&mut std::io::Cursor::new(bytes), &device)?;
         gguf.check_towers(towers)?;
         let tokenizer = if towers.text() {
             Some(TextTokenizer::from_vocab_txt(&gguf.vocab_txt).context("the vocabulary in the GGUF")?)

@@ -1,6 +1,6 @@
 //! `tuwen fetch-model`: the released weights from the Hugging Face hub (or the mirror in `HF_ENDPOINT`).
 
-use crate::weights::{
+use crate::weights::hf::{
     CONFIG_FILE, PREPROCESSOR_FILE, PYTORCH_FILE, SAFETENSORS_FILE, TOKENIZER_FILE, VOCAB_FILE,
 };
 use anyhow::{bail, Context, Result};

@@ -110,7 +110,7 @@ impl Items {
                 part(format!("{PREPROCESS_RECIPE} {:?}", encoder.preprocess_config()).as_bytes());
             }
         }
-        Ok(format!("sha256:{}", crate::bundle::hex(&h.finalize())))
+        Ok(format!("sha256:{}", crate::util::hex(&h.finalize())))
     }
 }
 

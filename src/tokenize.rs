@@ -44,10 +44,14 @@ impl TextTokenizer {
             .map_err(|e| anyhow!("building WordPiece: {e}"))?;
         let mut inner = tokenizers::Tokenizer::new(wordpiece);
         // clean_text, handle_chinese_chars, strip_accents = follow lowercase (HF's None), lowercase.
-        inner.with_normalizer(Some(BertNormalizer::new(true, true, None, true)));
+        inner
+            .with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
+            .map_err(|e| anyhow!("setting the normalizer: {e}"))?;
         inner.with_pre_tokenizer(Some(BertPreTokenizer));
         inner.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
-        inner.add_special_tokens(&SPECIAL_TOKENS.map(|t| AddedToken::from(t, true)));
+        inner
+            .add_special_tokens(SPECIAL_TOKENS.map(|t| AddedToken::from(t, true)))
+            .map_err(|e| anyhow!("adding the special tokens: {e}"))?;
         Self::finish(inner, vocab_size)
     }
 

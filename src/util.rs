@@ -97,3 +97,7 @@ impl Drop for OutputLock {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

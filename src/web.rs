@@ -59,7 +59,7 @@ pub async fn open_backend(backend: String) -> Result<JsValue, JsError> {
 /// where the browser validates relaxed SIMD) or "simd128".
 #[wasm_bindgen(js_name = simdLevel)]
 pub fn simd_level() -> String {
-    if cfg!(target_feature = "relaxed-simd") { "relaxed-simd" } else { "simd128" }.into()
+    if cfg!(feature = "relaxed-simd") { "relaxed-simd" } else { "simd128" }.into()
 }
 
 /// How the relaxed-SIMD build computes its 8-bit dot products: "accumulate" (`i32x4.relaxed_dot_i8x16_i7x16_add`)
@@ -68,16 +68,16 @@ pub fn simd_level() -> String {
 /// dot products.
 #[wasm_bindgen(js_name = dotForm)]
 pub fn dot_form() -> String {
-    #[cfg(target_feature = "relaxed-simd")]
+    #[cfg(feature = "relaxed-simd")]
     return crate::model::q8::dot_form().name().into();
-    #[cfg(not(target_feature = "relaxed-simd"))]
+    #[cfg(not(feature = "relaxed-simd"))]
     String::new()
 }
 
 /// Chooses the relaxed-SIMD build's dot-product form ([`dot_form`]'s names) for every product from now on.
 #[wasm_bindgen(js_name = setDotForm)]
 pub fn set_dot_form(form: &str) -> Result<(), JsError> {
-    #[cfg(target_feature = "relaxed-simd")]
+    #[cfg(feature = "relaxed-simd")]
     {
         use crate::model::q8::{set_dot_form, DotForm};
         let chosen = DotForm::from_name(form)
@@ -85,14 +85,14 @@ pub fn set_dot_form(form: &str) -> Result<(), JsError> {
         set_dot_form(chosen);
         Ok(())
     }
-    #[cfg(not(target_feature = "relaxed-simd"))]
+    #[cfg(not(feature = "relaxed-simd"))]
     Err(JsError::new(&format!("the SIMD128 build has no 8-bit dot products to compute as {form:?}")))
 }
 
 /// Threads the CPU backend's products run on: 1, or the pool `initThreadPool` started (threaded build only).
 #[wasm_bindgen(js_name = threadCount)]
 pub fn thread_count() -> usize {
-    crate::parallel::threads()
+    crate::model::backend::cpu::team::threads()
 }
 
 /// Starts the pool of Web Workers sharing this module's memory (threaded build, cross-origin isolated page).

@@ -116,7 +116,7 @@ async fn wasm_embeddings_equal_native() {
 }
 
 fn tiny_q8_0() -> Vec<u8> {
-    tuwen::quantize::quantize_safetensors_bytes(
+    tuwen::weights::gguf::quantize_safetensors_bytes(
         std::str::from_utf8(CONFIG).unwrap(),
         std::str::from_utf8(VOCAB).unwrap(),
         WEIGHTS,
@@ -148,23 +148,23 @@ async fn wasm_quantized_embeddings_equal_native() {
 #[wasm_bindgen_test]
 async fn wasm_q8_kernel_matches_reference() {
     threads().await;
-    let expected_kernel = if cfg!(target_feature = "relaxed-simd") { "relaxed-simd" } else { "simd128" };
-    // The relaxed build computes its dot products in either of two forms (src/model/q8/relaxed_simd.rs):
+    let expected_kernel = if cfg!(feature = "relaxed-simd") { "relaxed-simd" } else { "simd128" };
+    // The relaxed build computes its dot products in either of two forms (src/model/q8/wasm/relaxed_simd.rs):
     // both against the reference, and bit for bit against each other.
-    #[cfg(target_feature = "relaxed-simd")]
+    #[cfg(feature = "relaxed-simd")]
     let forms = [tuwen::model::q8::DotForm::Accumulate, tuwen::model::q8::DotForm::Pairs];
-    #[cfg(not(target_feature = "relaxed-simd"))]
+    #[cfg(not(feature = "relaxed-simd"))]
     let forms = [()];
     let mut results: Vec<Vec<Vec<f32>>> = Vec::new();
     for form in forms {
-        #[cfg(target_feature = "relaxed-simd")]
+        #[cfg(feature = "relaxed-simd")]
         tuwen::model::q8::set_dot_form(form);
         let _ = form;
         let mut seed = 7u64; // the same inputs for every form
         results.push(kernel_against_reference(expected_kernel, &mut |n| pseudo_random(&mut seed, n)));
     }
     // The page's way in: the form by name, an unknown name refused; the SIMD128 build has no forms.
-    if cfg!(target_feature = "relaxed-simd") {
+    if cfg!(feature = "relaxed-simd") {
         ok(tuwen::web::set_dot_form("pairs"), "setDotForm(pairs)");
         assert_eq!(tuwen::web::dot_form(), "pairs");
         ok(tuwen::web::set_dot_form("accumulate"), "setDotForm(accumulate)");

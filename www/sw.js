@@ -4,7 +4,7 @@
 // cross-origin isolated (shared memory for WASM threads) on hosts that cannot send headers.
 const SHELL_CACHE = 'tuwen-shell-v1';
 const THUMBNAIL_CACHE = 'tuwen-thumbnails-v1';
-const SHELL = ['./', 'index.html', 'app.js', 'worker.js', 'style.css', 'pkg/tuwen.js', 'manifest.json'];
+const SHELL = ['./', 'index.html', 'app.js', 'worker.js', 'simd_probe.js', 'style.css', 'pkg/tuwen.js', 'manifest.json'];
 
 self.addEventListener('install', (event) => {
   event.waitUntil(caches.open(SHELL_CACHE).then((cache) => cache.addAll(SHELL)).then(() => self.skipWaiting()));

@@ -5,6 +5,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
 use tuwen::embed::Placement;
+use tuwen::gallery::Gallery;
 use tuwen::{Encoder, Towers};
 
 #[derive(Parser)]
@@ -158,7 +159,7 @@ enum Command {
         model: PathBuf,
         /// q8_0 (default), q4_0, q4k or f16 for the linear layers; norms and embeddings stay f32.
         #[arg(long, default_value = "q8_0")]
-        dtype: tuwen::quantize::QuantDtype,
+        dtype: tuwen::weights::gguf::QuantDtype,
         /// text, vision or both: the page fetches only the tower a query needs.
         #[arg(long, default_value = "both")]
         tower: Towers,
@@ -173,7 +174,7 @@ enum Command {
         out: PathBuf,
         /// Quantization of the towers when --model is an HF directory.
         #[arg(long, default_value = "q8_0")]
-        dtype: tuwen::quantize::QuantDtype,
+        dtype: tuwen::weights::gguf::QuantDtype,
         /// The page's sources.
         #[arg(long, default_value = "www")]
         www: PathBuf,
@@ -289,9 +290,9 @@ struct JobArgs {
 }
 
 impl JobArgs {
-    fn options(self, out: &std::path::Path) -> tuwen::tasks::JobOptions {
-        tuwen::tasks::JobOptions {
-            work: self.work.unwrap_or_else(|| tuwen::tasks::work_beside(out)),
+    fn options(self, out: &std::path::Path) -> tuwen::apps::teddy::JobOptions {
+        tuwen::apps::teddy::JobOptions {
+            work: self.work.unwrap_or_else(|| tuwen::apps::teddy::work_beside(out)),
             storage: self.storage,
             rerank: self.rerank,
             progress: true,
@@ -361,7 +362,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             embed(&model, text, image, sub)
         }
         Command::InitRandom { config, vocab, out, seed } => {
-            tuwen::weights::write_random_model(&config, &vocab, &out, seed)?;
+            tuwen::model::random::write_random_model(&config, &vocab, &out, seed)?;
             eprintln!("wrote a RANDOM-WEIGHT model to {} (seed {seed}): its embeddings carry no meaning", out.display());
             Ok(())
         }
@@ -379,8 +380,8 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             let encoder = load(&model, if given { Towers::Text } else { Towers::Both })?;
             let gallery = given_gallery(&encoder, image_bundle, db.as_deref(), image_table, tuwen::bundle::Kind::Image)?;
             let opts = job.options(&out);
-            let n = tuwen::tasks::task1(&encoder, &texts, image_list.as_deref(), images.as_deref(), gallery, &out, &opts)?;
-            eprintln!("wrote {} ({n} texts × {} images each)", out.display(), tuwen::teddy::RESULTS_PER_QUERY);
+            let n = tuwen::apps::teddy::task1(&encoder, &texts, image_list.as_deref(), images.as_deref(), gallery, &out, &opts)?;
+            eprintln!("wrote {} ({n} texts × {} images each)", out.display(), tuwen::apps::teddy::RESULTS_PER_QUERY);
             Ok(())
         }
         Command::Task2 { model, image_list, images, texts, text_bundle, text_table, db, out, job } => {
@@ -388,8 +389,8 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             let encoder = load(&model, if given { Towers::Vision } else { Towers::Both })?;
             let gallery = given_gallery(&encoder, text_bundle, db.as_deref(), text_table, tuwen::bundle::Kind::Text)?;
             let opts = job.options(&out);
-            let n = tuwen::tasks::task2(&encoder, &image_list, &images, texts.as_deref(), gallery, &out, &opts)?;
-            eprintln!("wrote {} ({n} images × {} texts each)", out.display(), tuwen::teddy::RESULTS_PER_QUERY);
+            let n = tuwen::apps::teddy::task2(&encoder, &image_list, &images, texts.as_deref(), gallery, &out, &opts)?;
+            eprintln!("wrote {} ({n} images × {} texts each)", out.display(), tuwen::apps::teddy::RESULTS_PER_QUERY);
             Ok(())
         }
         Command::Eval { gallery: PairsArgs { model, pairs, images }, json, job } => {
@@ -400,7 +401,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             if let Some(path) = &json {
                 tuwen::util::refuse_overwriting(path, &[&pairs])?;
             }
-            let report = tuwen::tasks::eval(&encoder, &pairs, &images, &opts)?;
+            let report = tuwen::apps::teddy::eval(&encoder, &pairs, &images, &opts)?;
             println!("{report}");
             if let Some(path) = json {
                 tuwen::util::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
@@ -419,7 +420,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Command::Site { gallery: PairsArgs { model, pairs, images }, out, dtype, www, pkg } => {
-            let job = tuwen::site::SiteJob { model, pairs, images, out, www, pkg, dtype, progress: true, backend: placement()? };
+            let job = tuwen::apps::site::SiteJob { model, pairs, images, out, www, pkg, dtype, progress: true, backend: placement()? };
             let report = job.run()?;
             eprintln!("{report}");
             Ok(())
@@ -428,7 +429,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             eprintln!("serving {} at {url} (Ctrl-C stops)", dir.display());
         }),
         Command::DemoGallery { out, count } => {
-            let pairs = tuwen::site::generate_gallery(&out, count)?;
+            let pairs = tuwen::apps::site::generate_gallery(&out, count)?;
             eprintln!("wrote {count} synthetic images and {}", pairs.display());
             Ok(())
         }
@@ -473,14 +474,14 @@ fn index(what: IndexCommand) -> Result<()> {
         IndexCommand::Images { model, images, list, out, opts } => {
             tuwen::util::refuse_overwriting(&out, &list.iter().map(PathBuf::as_path).chain([model.as_path()]).collect::<Vec<_>>())?;
             let ids = match &list {
-                Some(list) => tuwen::teddy::read_image_list(list, &images)?,
-                None => tuwen::teddy::list_images(&images)?,
+                Some(list) => tuwen::gallery::files::read_image_list(list, &images)?,
+                None => tuwen::gallery::files::list_images(&images)?,
             };
             (model, Items::images(&images, ids), out, opts)
         }
         IndexCommand::Texts { model, csv, id_column, out, opts } => {
             tuwen::util::refuse_overwriting(&out, &[&csv, &model])?;
-            let (ids, captions) = tuwen::teddy::read_captions(&csv, &id_column)?.into_iter().unzip();
+            let (ids, captions) = tuwen::gallery::files::read_captions(&csv, &id_column)?.into_iter().unzip();
             (model, Items::Texts { ids, captions }, out, opts)
         }
     };
@@ -498,30 +499,21 @@ enum SearchIn {
 }
 
 fn search(model: &std::path::Path, within: SearchIn, text: Option<String>, image: Option<PathBuf>, k: usize) -> Result<()> {
-    enum Opened {
-        Bundle(tuwen::bundle::Bundle),
-        Db(postgres::Client, tuwen::db::Table, bool),
-    }
     let start = std::time::Instant::now();
     // A bad bundle is reported before the model is loaded.
-    let bundle = match &within {
-        SearchIn::Bundle(path) => Some(tuwen::bundle::Bundle::open(path)?),
+    let file = match &within {
+        SearchIn::Bundle(path) => Some(Gallery::open_file(path)?),
         SearchIn::Db { .. } => None,
     };
     let encoder = load(model, if text.is_some() { Towers::Text } else { Towers::Vision })?;
-    let mut gallery = match (within, bundle) {
-        (SearchIn::Bundle(path), Some(b)) => {
-            tuwen::index::require_model(&b, &encoder, &path.display().to_string())?;
-            Opened::Bundle(b)
-        }
-        (SearchIn::Db { url, table, exact }, _) => {
-            let mut client = tuwen::db::connect(&url)?;
-            // Either kind of gallery takes either query, as bundles do.
-            let opened = tuwen::db::open(&mut client, &table, &encoder.stamp()?, None)?;
-            Opened::Db(client, opened, exact)
-        }
+    let stamp = encoder.stamp()?;
+    // Either kind of gallery takes either query.
+    let mut gallery = match (within, file) {
+        (_, Some(file)) => file,
+        (SearchIn::Db { url, table, exact }, None) => Gallery::open_table(&url, &table, &stamp, None, exact)?,
         (SearchIn::Bundle(_), None) => unreachable!("opened above"),
     };
+    gallery.check(&stamp, None)?;
     let loaded = start.elapsed();
     let query = match (&text, &image) {
         (Some(t), _) => encoder.embed_text(t)?,
@@ -529,53 +521,35 @@ fn search(model: &std::path::Path, within: SearchIn, text: Option<String>, image
         (None, None) => bail!("give --text or --image"),
     };
     let encoded = start.elapsed();
-    // (id, score, caption) per hit, and what was searched.
-    let (hits, over): (Vec<(String, f32, String)>, String) = match &mut gallery {
-        Opened::Bundle(g) => {
-            let hits = tuwen::search::top_k(&g.rows(), g.dim(), &query, k)?;
-            let caption = |i: usize| g.captions.as_ref().map_or(String::new(), |c| c[i].clone());
-            (hits.iter().map(|h| (g.ids[h.index].clone(), h.score, caption(h.index))).collect(), format!("over {} entries", g.len()))
-        }
-        Opened::Db(client, table, exact) => {
-            let hits = tuwen::db::search(client, table, &query, k, *exact)?;
-            let how = if *exact { "exact scan" } else { "HNSW" };
-            (
-                hits.into_iter().map(|h| (h.id, h.score, h.caption.unwrap_or_default())).collect(),
-                format!("({how}) over {} rows of table {}", table.count, table.name),
-            )
-        }
-    };
+    let found = gallery.search(&query, k)?;
     let searched = start.elapsed();
     let mut stdout = std::io::stdout().lock();
-    for (rank, (id, score, caption)) in hits.iter().enumerate() {
+    for (rank, hit) in found.iter().enumerate() {
         // Keep one line per hit even for multi-line captions.
-        let caption = caption.replace(['\t', '\n', '\r'], " ");
-        writeln!(stdout, "{}\t{id}\t{score:.6}\t{caption}", rank + 1)?;
+        let caption = hit.caption.as_deref().unwrap_or_default().replace(['\t', '\n', '\r'], " ");
+        writeln!(stdout, "{}\t{}\t{:.6}\t{caption}", rank + 1, hit.id, hit.score)?;
     }
     eprintln!(
-        "load {:.0} ms, encode {:.1} ms, search {:.2} ms {over}",
+        "load {:.0} ms, encode {:.1} ms, search {:.2} ms {}",
         loaded.as_secs_f64() * 1e3,
         (encoded - loaded).as_secs_f64() * 1e3,
         (searched - encoded).as_secs_f64() * 1e3,
+        gallery.describe(),
     );
     Ok(())
 }
 
-/// The gallery given instead of files: a bundle file, or a database table read whole.
+/// The gallery given instead of files: a bundle file, or a database table.
 fn given_gallery(
     encoder: &Encoder,
     bundle: Option<PathBuf>,
     db: Option<&str>,
     table: Option<String>,
     kind: tuwen::bundle::Kind,
-) -> Result<Option<tuwen::tasks::Given>> {
+) -> Result<Option<Gallery>> {
     Ok(match (bundle, db, table) {
-        (Some(path), _, _) => Some(tuwen::tasks::Given::File(path)),
-        (None, Some(url), Some(table)) => {
-            let mut client = tuwen::db::connect(url)?;
-            let opened = tuwen::db::open(&mut client, &table, &encoder.stamp()?, Some(kind))?;
-            Some(tuwen::tasks::Given::Loaded { bundle: tuwen::db::load(&mut client, &opened)?, name: format!("table {table}") })
-        }
+        (Some(path), _, _) => Some(Gallery::open_file(&path)?),
+        (None, Some(url), Some(table)) => Some(Gallery::open_table(url, &table, &encoder.stamp()?, Some(kind), false)?),
         (None, Some(_), None) => bail!("--db needs the table to read: --image-table / --text-table"),
         _ => None,
     })

@@ -12,47 +12,11 @@ pub mod vision;
 use crate::config::ClipConfig;
 use anyhow::{anyhow, Result};
 use backend::Backend;
+pub use crate::config::Towers;
 pub use backend::{BackendChoice, Cpu, Gpu};
 pub use params::Params;
 pub use text::TextTower;
 pub use vision::VisionTower;
-
-/// Which encoders to load: the page needs only the one a query uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Towers {
-    Text,
-    Vision,
-    Both,
-}
-
-impl std::str::FromStr for Towers {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "text" => Ok(Self::Text),
-            "vision" => Ok(Self::Vision),
-            "both" => Ok(Self::Both),
-            other => Err(format!("towers are \"text\", \"vision\" or \"both\", not {other:?}")),
-        }
-    }
-}
-
-impl Towers {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Text => "text",
-            Self::Vision => "vision",
-            Self::Both => "both",
-        }
-    }
-
-    pub fn text(self) -> bool {
-        matches!(self, Self::Text | Self::Both)
-    }
-    pub fn vision(self) -> bool {
-        matches!(self, Self::Vision | Self::Both)
-    }
-}
 
 /// The towers on one backend.
 pub struct ChineseClip<B: Backend> {
@@ -121,14 +85,14 @@ impl Engine {
     pub async fn embed_tokens(&self, ids: &[u32], mask: &[f32], seq: usize) -> Result<Vec<Vec<f32>>> {
         match self {
             // The CPU answers at once (its future is ready when first polled).
-            Self::Cpu(m) => crate::parallel::on_pool(|| crate::util::resolve_now(m.embed_tokens(ids, mask, seq)))?,
+            Self::Cpu(m) => crate::model::backend::cpu::team::on_pool(|| crate::util::resolve_now(m.embed_tokens(ids, mask, seq)))?,
             Self::Gpu(m) => m.embed_tokens(ids, mask, seq).await,
         }
     }
 
     pub async fn embed_pixels(&self, pixels: &[f32], batch: usize) -> Result<Vec<Vec<f32>>> {
         match self {
-            Self::Cpu(m) => crate::parallel::on_pool(|| crate::util::resolve_now(m.embed_pixels(pixels, batch)))?,
+            Self::Cpu(m) => crate::model::backend::cpu::team::on_pool(|| crate::util::resolve_now(m.embed_pixels(pixels, batch)))?,
             Self::Gpu(m) => m.embed_pixels(pixels, batch).await,
         }
     }

@@ -102,7 +102,7 @@ pub fn fixture_embeddings(encoder: &tuwen::Encoder) -> Vec<Vec<f32>> {
 pub fn tiny_q8_0_gguf() -> Vec<u8> {
     let dir = tiny_model();
     let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
-    tuwen::quantize::quantize_safetensors_bytes(
+    tuwen::weights::gguf::quantize_safetensors_bytes(
         &String::from_utf8(read("config.json")).unwrap(),
         &String::from_utf8(read("vocab.txt")).unwrap(),
         &read("model.safetensors"),

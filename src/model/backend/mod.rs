@@ -1,5 +1,7 @@
-//! The op set both encoders are written over, and its two implementations: candle on the CPU (natively and
-//! wasm SIMD) and wgpu compute shaders on the GPU (Vulkan/Metal/DX12 natively, WebGPU in the browser).
+//! The op set both encoders are written over, and its implementations: [`cpu`], the fused CPU backend (natively
+//! and in wasm: pooled buffers, tuwen's q8_0 kernels, a thread team); [`gpu`], wgpu compute shaders
+//! (Vulkan/Metal/DX12 natively, WebGPU in the browser); and [`reference`], plain candle ops that the tests hold
+//! the other two to.
 //!
 //! Activations are 2-D `[rows, cols]` (rows = batch × sequence); ops that need the sequence structure take
 //! it as an argument. Every op records work; only [`Backend::read`] waits for it, which is why it is async.

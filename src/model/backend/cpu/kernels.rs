@@ -5,7 +5,7 @@
 
 use crate::config::Activation;
 use crate::model::math::{activate, exp, larger, wide_vectors};
-use crate::parallel::{parallel_for, parallel_ranges};
+use crate::model::backend::cpu::team::{parallel_for, parallel_ranges};
 
 /// Accumulator lanes of the reductions: wide enough for one AVX2 register, the same order on any width.
 const LANES: usize = 8;

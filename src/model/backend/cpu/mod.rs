@@ -7,6 +7,9 @@
 
 mod kernels;
 mod pool;
+#[cfg(feature = "region-profile")]
+pub mod region_profile;
+pub mod team;
 
 use super::{AttentionShape, Backend};
 use crate::config::Activation;
