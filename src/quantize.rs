@@ -47,7 +47,6 @@ pub fn extract_file(model: &Path, dtype: QuantDtype, towers: Towers, out: &Path)
     Ok(cut.len() as u64)
 }
 
-
 /// Proves GGUF bytes load and build the towers asked for, before they replace anything on disk.
 fn check_loads(bytes: &[u8], towers: Towers) -> Result<()> {
     let gguf = GgufModel::read(&mut std::io::Cursor::new(bytes), &Device::Cpu)?;
