@@ -143,36 +143,51 @@ same_glue() {
     || { echo "the JS glue of $built differs from $pkg's" >&2; return 1; }
 }
 
-# The wasm package in pkg/: four modules, two JS glues. $1: the cargo profile (release for sites; the tests
-# use release-tests, whose compilation the wasm test builds have just made, so nothing is compiled twice).
-build_wasm() {
-  local profile=${1:-release}
-  local out=$profile
-  log "building the wasm package (pkg/, profile $profile)"
-  cargo build --profile "$profile" --lib --target wasm32-unknown-unknown --no-default-features
-  wasm-bindgen --target web --out-dir pkg "target/wasm32-unknown-unknown/$out/tuwen.wasm"
-  # The same code for browsers with relaxed SIMD (8-bit dot products): the feature enables it in the q8_0
-  # kernel only, so every dependency is shared; the JS glue must come out identical, since the page loads
-  # either module with it.
-  log "building the relaxed-SIMD wasm module (pkg/tuwen_bg_relaxed.wasm)"
-  cargo build --profile "$profile" --lib --target wasm32-unknown-unknown --no-default-features --features relaxed-simd
-  rm -rf target/wasm-relaxed-pkg
-  wasm-bindgen --target web --out-dir target/wasm-relaxed-pkg "target/wasm32-unknown-unknown/$out/tuwen.wasm"
-  same_glue pkg target/wasm-relaxed-pkg
-  cp target/wasm-relaxed-pkg/tuwen_bg.wasm pkg/tuwen_bg_relaxed.wasm
-  # Threads: its own glue (shared memory, the worker pool's snippet), so its own package folder.
-  log "building the threaded wasm package (pkg/threads/)"
-  threads_cargo "$profile" "" build --lib
+# The wasm package in pkg/: four modules, two JS glues, each packaged by its own function (the tests package
+# each right after testing it: a cdylib's file name carries no feature hash, so building another flavour in
+# between would make cargo rebuild it). $1: the cargo profile (release for sites, release-tests in the tests).
+package_simd128() {
+  log "packaging the wasm module (pkg/, profile $1)"
+  cargo build --profile "$1" --lib --target wasm32-unknown-unknown --no-default-features || return 1
+  rm -rf pkg/tuwen.js pkg/tuwen_bg.wasm
+  wasm-bindgen --target web --out-dir pkg "target/wasm32-unknown-unknown/$1/tuwen.wasm" || return 1
+}
+
+# The same code for browsers with relaxed SIMD (8-bit dot products): the feature enables it in the q8_0 kernel
+# only, so every dependency is shared; the JS glue must come out identical to pkg/'s, since the page loads
+# either module with it (so package_simd128 comes first).
+package_relaxed() {
+  log "packaging the relaxed-SIMD wasm module (pkg/tuwen_bg_relaxed.wasm)"
+  cargo build --profile "$1" --lib --target wasm32-unknown-unknown --no-default-features --features relaxed-simd || return 1
+  rm -rf target/wasm-relaxed-pkg pkg/tuwen_bg_relaxed.wasm
+  wasm-bindgen --target web --out-dir target/wasm-relaxed-pkg "target/wasm32-unknown-unknown/$1/tuwen.wasm" || return 1
+  same_glue pkg target/wasm-relaxed-pkg || return 1
+  cp target/wasm-relaxed-pkg/tuwen_bg.wasm pkg/tuwen_bg_relaxed.wasm || return 1
+}
+
+# Threads: its own glue (shared memory, the worker pool's snippet), so its own package folder.
+package_threads() {
+  log "packaging the threaded wasm module (pkg/threads/)"
+  threads_cargo "$1" "" build --lib || return 1
   rm -rf pkg/threads
-  wasm-bindgen --target web --out-dir pkg/threads "target/wasm-threads/wasm32-unknown-unknown/$out/tuwen.wasm"
-  log "building the threaded relaxed-SIMD module (pkg/threads/tuwen_bg_relaxed.wasm)"
-  threads_cargo "$profile" relaxed-simd build --lib
-  rm -rf target/wasm-threads-relaxed-pkg
-  wasm-bindgen --target web --out-dir target/wasm-threads-relaxed-pkg "target/wasm-threads/wasm32-unknown-unknown/$out/tuwen.wasm"
-  same_glue pkg/threads target/wasm-threads-relaxed-pkg
-  cp target/wasm-threads-relaxed-pkg/tuwen_bg.wasm pkg/threads/tuwen_bg_relaxed.wasm
-  # -O3 makes the modules ~a third smaller and a little faster: for what is published, not for the tests.
-  if [ "$profile" = release ] && [ "${TUWEN_WASM_OPT:-1}" = 1 ]; then
+  wasm-bindgen --target web --out-dir pkg/threads "target/wasm-threads/wasm32-unknown-unknown/$1/tuwen.wasm" || return 1
+}
+
+package_threads_relaxed() {
+  log "packaging the threaded relaxed-SIMD module (pkg/threads/tuwen_bg_relaxed.wasm)"
+  threads_cargo "$1" relaxed-simd build --lib || return 1
+  rm -rf target/wasm-threads-relaxed-pkg pkg/threads/tuwen_bg_relaxed.wasm
+  wasm-bindgen --target web --out-dir target/wasm-threads-relaxed-pkg "target/wasm-threads/wasm32-unknown-unknown/$1/tuwen.wasm" || return 1
+  same_glue pkg/threads target/wasm-threads-relaxed-pkg || return 1
+  cp target/wasm-threads-relaxed-pkg/tuwen_bg.wasm pkg/threads/tuwen_bg_relaxed.wasm || return 1
+}
+
+# The whole package for a site, optimised (-O3 makes the modules ~a third smaller and a little faster).
+build_wasm() {
+  local profile=release
+  package_simd128 $profile && package_relaxed $profile && package_threads $profile && package_threads_relaxed $profile \
+    || return 1
+  if [ "${TUWEN_WASM_OPT:-1}" = 1 ]; then
     log "optimising the wasm modules (wasm-opt -O3)"
     local features=(--enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals)
     node_modules/.bin/wasm-opt -O3 "${features[@]}" pkg/tuwen_bg.wasm -o pkg/tuwen_bg.wasm
@@ -265,25 +280,32 @@ web_test() {
   WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-900} CHROMEDRIVER=$(command -v chromedriver) "$@"
 }
 
-# tests/web.rs on each of the four builds in headless Chromium, in the profile the page's package is then
-# built from (the same compilation: its dependencies and the library are built once per flavour).
+# tests/web.rs on each of the four builds in headless Chromium, in the release-tests profile, each build then
+# packaged into pkg/ for the page's tests from the same compilation (nothing is compiled twice). pkg/ is
+# emptied first, so the page is never tested on modules an earlier run left.
 wasm_tests() {
-  local failed=0
+  local failed=0 profile=release-tests
+  rm -rf pkg
   log "wasm tests in headless Chromium (SIMD128)"
-  web_test cargo test --profile release-tests --target wasm32-unknown-unknown --no-default-features --test web || failed=1
+  web_test cargo test --profile $profile --target wasm32-unknown-unknown --no-default-features --test web || failed=1
+  package_simd128 $profile || failed=1
   log "wasm tests in headless Chromium (relaxed SIMD)"
-  web_test cargo test --profile release-tests --target wasm32-unknown-unknown --no-default-features \
+  web_test cargo test --profile $profile --target wasm32-unknown-unknown --no-default-features \
     --features relaxed-simd --test web || failed=1
+  package_relaxed $profile || failed=1
   log "wasm tests in headless Chromium (threads, $THREADS_TOOLCHAIN)"
-  web_test threads_cargo release-tests "" test --test web || failed=1
+  web_test threads_cargo $profile "" test --test web || failed=1
+  package_threads $profile || failed=1
   log "wasm tests in headless Chromium (threads + relaxed SIMD, $THREADS_TOOLCHAIN)"
-  web_test threads_cargo release-tests relaxed-simd test --test web || failed=1
+  web_test threads_cargo $profile relaxed-simd test --test web || failed=1
+  package_threads_relaxed $profile || failed=1
   return $failed
 }
 
+# The page's e2e tests need the CLI (the native layer built it) and pkg/ (the wasm layer packaged it; a module
+# it could not package is missing, and the tests say which).
 page_tests() {
   log "the page end to end (Playwright + Chromium) on the modules the wasm layer built"
-  build_wasm release-tests || { echo "the wasm package did not build" >&2; return 1; }
   TUWEN_BIN="$PWD/target/release-tests/tuwen" node --test --test-concurrency=1 tests/e2e/
 }
 
