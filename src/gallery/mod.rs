@@ -97,19 +97,6 @@ impl Gallery {
         }
     }
 
-    /// Entries (rows).
-    pub fn len(&self) -> usize {
-        match self {
-            Self::Bundle { bundle, .. } => bundle.len(),
-            #[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
-            Self::Table { table, .. } => table.count,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// How it was searched, for logs: `over N entries`, `(HNSW) over N rows of table T`.
     pub fn describe(&self) -> String {
         match self {
