@@ -37,7 +37,7 @@ fn main() {
     let gallery = unit_rows(n, 1);
     let g16: Vec<f16> = gallery.iter().map(|x| f16::from_f32(*x)).collect();
     let mut q8 = Vec::with_capacity(n * DIM);
-    let scales: Vec<f32> = gallery.chunks(DIM).map(|r| tuwen::bundle::quantize_row_for_tests(r, &mut q8)).collect();
+    let scales: Vec<f32> = gallery.chunks(DIM).map(|r| tuwen::bundle::quantize_row(r, &mut q8)).collect();
     let queries = unit_rows(5_000, 2);
     println!("machine: {} threads (rayon), {}", threads, std::env::consts::ARCH);
 

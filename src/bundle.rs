@@ -204,18 +204,12 @@ fn integrity_hash(header_json: &str, ids_json: &str, captions_json: Option<&str>
     hex(&h.finalize())
 }
 
-
-/// Stores one f32 row as int8 with a scale: `x ≈ scale · q`.
-fn quantize_row(row: &[f32], out: &mut Vec<i8>) -> f32 {
+/// Stores one f32 row as int8 with a scale, `x ≈ scale · q`: appends the values to `out`, returns the scale.
+pub fn quantize_row(row: &[f32], out: &mut Vec<i8>) -> f32 {
     let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
     let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
     out.extend(row.iter().map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8));
     scale
-}
-
-#[doc(hidden)]
-pub fn quantize_row_for_tests(row: &[f32], out: &mut Vec<i8>) -> f32 {
-    quantize_row(row, out)
 }
 
 /// A bundle in memory before it is written: rows are L2-normalised f32.

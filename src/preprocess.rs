@@ -196,6 +196,47 @@ pub fn preprocess(bytes: &[u8], name: &str, config: &PreprocessConfig) -> Result
     Ok(normalize(&into_rgb(image), config))
 }
 
+/// The longest side of a thumbnail, in pixels (2× a 128-px grid cell on high-density screens).
+pub const THUMBNAIL_SIDE: u32 = 256;
+
+/// A JPEG at most `THUMBNAIL_SIDE` on its longer side, colours as the model sees them (alpha over white).
+pub fn thumbnail_jpeg(image: &DynamicImage, name: &str) -> Result<Vec<u8>> {
+    let rgb = to_rgb(&image.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE));
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 82)
+        .encode_image(&rgb)
+        .map_err(|e| anyhow!("{name}: encoding the thumbnail: {e}"))?;
+    Ok(out)
+}
+
+/// One decode → the model input and the thumbnail (the page indexing a photo).
+pub fn preprocess_with_thumbnail(bytes: &[u8], name: &str, config: &PreprocessConfig) -> Result<(Pixels, Vec<u8>)> {
+    let (image, _share) = decode_within_budget(bytes, name)?;
+    let thumbnail = thumbnail_jpeg(&image, name)?;
+    Ok((normalize(&into_rgb(image), config), thumbnail))
+}
+
+/// Pixels another decoder produced (the browser's, for formats this crate does not read: AVIF, HEIC), as
+/// non-premultiplied 8-bit RGBA rows; resized and normalised here as every other image is.
+pub fn from_rgba(rgba: Vec<u8>, width: u32, height: u32, name: &str) -> Result<DynamicImage> {
+    if width == 0 || height == 0 {
+        bail!("{name}: the image has no pixels ({width}×{height})");
+    }
+    if width > MAX_SIDE || height > MAX_SIDE {
+        bail!("{name}: {width}×{height} pixels is larger than {MAX_SIDE} on a side (refused)");
+    }
+    let expected = width as usize * height as usize * 4;
+    if rgba.len() != expected {
+        bail!("{name}: {} bytes of RGBA for {width}×{height} pixels (expected {expected})", rgba.len());
+    }
+    Ok(DynamicImage::ImageRgba8(image::RgbaImage::from_raw(width, height, rgba).expect("length checked")))
+}
+
+/// True when this crate reads the format the bytes start with (a browser may read more: AVIF, HEIC).
+pub fn decodes_format(bytes: &[u8]) -> bool {
+    image::guess_format(bytes).is_ok_and(|f| f.reading_enabled())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -351,7 +351,7 @@ mod tests {
         let (n, dim) = (800, 64);
         let g = gallery(n, dim, 3);
         let mut q8 = Vec::new();
-        let scales: Vec<f32> = g.chunks(dim).map(|r| crate::bundle::quantize_row_for_tests(r, &mut q8)).collect();
+        let scales: Vec<f32> = g.chunks(dim).map(|r| crate::bundle::quantize_row(r, &mut q8)).collect();
         let rows = Rows::Int8 { values: &q8, scales: &scales };
         let q = &gallery(1, dim, 4);
         let top: Vec<usize> = top_k(&rows, dim, q, 1).unwrap().iter().map(|h| h.index).collect();

@@ -11,6 +11,7 @@ pub fn mime_type(path: &Path) -> &'static str {
         Some("js" | "mjs") => "text/javascript; charset=utf-8",
         Some("css") => "text/css; charset=utf-8",
         Some("json") => "application/json",
+        Some("webmanifest") => "application/manifest+json",
         Some("wasm") => "application/wasm",
         Some("jpg" | "jpeg") => "image/jpeg",
         Some("png") => "image/png",
@@ -155,6 +156,7 @@ mod tests {
     fn wasm_and_modules_get_their_types() {
         assert_eq!(mime_type(Path::new("pkg/tuwen_bg.wasm")), "application/wasm");
         assert_eq!(mime_type(Path::new("app.js")), "text/javascript; charset=utf-8");
+        assert_eq!(mime_type(Path::new("manifest.webmanifest")), "application/manifest+json");
         assert_eq!(mime_type(Path::new("models/text.gguf")), "application/octet-stream");
     }
 }

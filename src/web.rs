@@ -1,7 +1,7 @@
 //! The wasm-bindgen shell: the page's worker loads a model and bundles from bytes, embeds queries and
 //! searches the galleries.
 
-use crate::bundle::{Bundle, Kind};
+use crate::bundle::{Bundle, Kind, ModelStamp, NewBundle, Storage};
 use crate::embed::Placement;
 use crate::model::BackendChoice;
 use crate::search::top_k;
@@ -151,6 +151,47 @@ impl WasmEncoder {
         self.inner.embed_image_bytes_async(&bytes, &name).await.map_err(js_error)
     }
 
+    /// Indexes one of the visitor's photos (encoded bytes): one decode gives the model input and a ≤ 256 px
+    /// JPEG thumbnail; the embedding comes back in the site's int8 storage. Errors name the file and say why
+    /// (empty, truncated, over the decode limits, not an image).
+    #[wasm_bindgen(js_name = indexPhoto)]
+    pub async fn index_photo(&self, bytes: Vec<u8>, name: String) -> Result<IndexedPhoto, JsError> {
+        let (pixels, thumbnail) =
+            crate::preprocess::preprocess_with_thumbnail(&bytes, &name, self.inner.preprocess_config()).map_err(js_error)?;
+        drop(bytes);
+        self.indexed(pixels, thumbnail).await
+    }
+
+    /// `indexPhoto` for pixels the browser decoded (formats this crate does not read: AVIF, HEIC), as
+    /// non-premultiplied RGBA: resized, normalised and thumbnailed by the same code as every other photo.
+    #[wasm_bindgen(js_name = indexRgba)]
+    pub async fn index_rgba(&self, rgba: Vec<u8>, width: u32, height: u32, name: String) -> Result<IndexedPhoto, JsError> {
+        let image = crate::preprocess::from_rgba(rgba, width, height, &name).map_err(js_error)?;
+        let thumbnail = crate::preprocess::thumbnail_jpeg(&image, &name).map_err(js_error)?;
+        let pixels = crate::preprocess::normalize(&crate::preprocess::into_rgb(image), self.inner.preprocess_config());
+        self.indexed(pixels, thumbnail).await
+    }
+
+    async fn indexed(&self, pixels: crate::preprocess::Pixels, thumbnail: Vec<u8>) -> Result<IndexedPhoto, JsError> {
+        let row = self.inner.embed_pixels_async(&[pixels]).await.map_err(js_error)?.remove(0);
+        let stored = QuantizedRow::of(&row);
+        Ok(IndexedPhoto { values: stored.values, scale: stored.scale, thumbnail })
+    }
+
+    /// The model preprocessed pixels of an encoded image (3 × size × size floats, channel-major): what
+    /// `indexPhoto` feeds the encoder (tests compare the browser's decode with the crate's).
+    #[wasm_bindgen(js_name = preprocessImage)]
+    pub fn preprocess_image(&self, bytes: &[u8], name: &str) -> Result<Vec<f32>, JsError> {
+        Ok(crate::preprocess::preprocess(bytes, name, self.inner.preprocess_config()).map_err(js_error)?.data)
+    }
+
+    /// `preprocessImage` for browser-decoded RGBA pixels (as `indexRgba` runs it).
+    #[wasm_bindgen(js_name = preprocessRgba)]
+    pub fn preprocess_rgba(&self, rgba: Vec<u8>, width: u32, height: u32, name: &str) -> Result<Vec<f32>, JsError> {
+        let image = crate::preprocess::from_rgba(rgba, width, height, name).map_err(js_error)?;
+        Ok(crate::preprocess::normalize(&crate::preprocess::into_rgb(image), self.inner.preprocess_config()).data)
+    }
+
     /// `sha256:…` of the weights this model was made from: bundles made with another model are refused.
     #[wasm_bindgen(getter)]
     pub fn fingerprint(&self) -> Result<String, JsError> {
@@ -162,6 +203,74 @@ impl WasmEncoder {
     pub fn info(&self) -> Result<JsValue, JsError> {
         serde_wasm_bindgen::to_value(&self.inner.info).map_err(|e| JsError::new(&e.to_string()))
     }
+}
+
+/// True when the crate decodes the format these bytes start with; the page hands other images (AVIF, HEIC)
+/// to the browser's decoder and indexes its pixels (`indexRgba`).
+#[wasm_bindgen(js_name = crateDecodes)]
+pub fn crate_decodes(head: &[u8]) -> bool {
+    crate::preprocess::decodes_format(head)
+}
+
+/// An embedding in the int8 storage of bundles: `values[i] × scale`.
+struct QuantizedRow {
+    values: Vec<i8>,
+    scale: f32,
+}
+
+impl QuantizedRow {
+    fn of(row: &[f32]) -> Self {
+        let mut values = Vec::with_capacity(row.len());
+        let scale = crate::bundle::quantize_row(row, &mut values);
+        Self { values, scale }
+    }
+}
+
+/// A photo the page indexed: its embedding (int8 values and their scale, as bundles store them) and thumbnail.
+#[wasm_bindgen]
+pub struct IndexedPhoto {
+    values: Vec<i8>,
+    scale: f32,
+    thumbnail: Vec<u8>,
+}
+
+#[wasm_bindgen]
+impl IndexedPhoto {
+    /// The embedding's int8 values (an `Int8Array`).
+    #[wasm_bindgen(getter)]
+    pub fn values(&self) -> Vec<i8> {
+        self.values.clone()
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    /// A JPEG at most 256 px on its longer side (a `Uint8Array`).
+    #[wasm_bindgen(getter)]
+    pub fn thumbnail(&self) -> Vec<u8> {
+        self.thumbnail.clone()
+    }
+}
+
+/// An image bundle of the visitor's photos from their stored rows (`count` rows of int8 `values`, one scale
+/// each), made by the model `stamp` (`{fingerprint, dtype, random_weights?}`, the site manifest's `model`):
+/// the file `tuwen search --bundle` and the Teddy tasks read, and what the page searches.
+#[wasm_bindgen(js_name = photoBundle)]
+pub fn photo_bundle(ids: Vec<String>, values: &[i8], scales: &[f32], stamp: JsValue) -> Result<Vec<u8>, JsError> {
+    let model: ModelStamp = serde_wasm_bindgen::from_value(stamp).map_err(|e| JsError::new(&format!("model stamp: {e}")))?;
+    if scales.len() != ids.len() || (!ids.is_empty() && values.len() % ids.len() != 0) {
+        return Err(JsError::new(&format!("{} ids, {} scales and {} values do not make rows", ids.len(), scales.len(), values.len())));
+    }
+    let dim = if ids.is_empty() { 0 } else { values.len() / ids.len() };
+    let rows: Vec<Vec<f32>> = if dim == 0 {
+        Vec::new()
+    } else {
+        values.chunks(dim).zip(scales).map(|(row, &scale)| row.iter().map(|&q| q as f32 * scale).collect()).collect()
+    };
+    let bundle = NewBundle { kind: Kind::Image, storage: Storage::Int8, model, ids: &ids, captions: None, rows: &rows, shard: None, source: None };
+    bundle.to_bytes().map_err(js_error)
 }
 
 /// An embedding bundle (`tuwen index`) held in wasm memory, searched by exact cosine top-k.
@@ -215,6 +324,24 @@ impl WasmGallery {
     pub fn check_encoder(&self, encoder: &WasmEncoder, what: &str) -> Result<(), JsError> {
         let stamp = encoder.inner.stamp().map_err(js_error)?;
         self.inner.check_model(&stamp, what).map_err(js_error)
+    }
+
+    /// Errors unless this bundle holds image embeddings made by the model `stamp` (the site manifest's
+    /// `model`): a bundle to import as the visitor's photos.
+    #[wasm_bindgen(js_name = checkPhotos)]
+    pub fn check_photos(&self, stamp: JsValue, what: &str) -> Result<(), JsError> {
+        let model: ModelStamp = serde_wasm_bindgen::from_value(stamp).map_err(|e| JsError::new(&format!("model stamp: {e}")))?;
+        self.inner.check_kind(Kind::Image, what).map_err(js_error)?;
+        self.inner.check_model(&model, what).map_err(js_error)
+    }
+
+    /// Row `index` in the int8 storage (`{values, scale}`, thumbnail empty): an imported bundle's rows as
+    /// the page stores photos.
+    #[wasm_bindgen(js_name = storedRow)]
+    pub fn stored_row(&self, index: usize) -> Result<IndexedPhoto, JsError> {
+        let row = self.row(index)?;
+        let stored = QuantizedRow::of(&row);
+        Ok(IndexedPhoto { values: stored.values, scale: stored.scale, thumbnail: Vec::new() })
     }
 
     /// The stored embedding of row `index` (to search with a gallery item).

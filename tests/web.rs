@@ -88,6 +88,11 @@ fn image_bytes(name: &str) -> &'static [u8] {
         "gray.png" => include_bytes!("fixtures/images/gray.png"),
         "palette.gif" => include_bytes!("fixtures/images/palette.gif"),
         "rgb.webp" => include_bytes!("fixtures/images/rgb.webp"),
+        "rgb.png" => include_bytes!("fixtures/images/rgb.png"),
+        "rgb.bmp" => include_bytes!("fixtures/images/rgb.bmp"),
+        "gray_alpha.png" => include_bytes!("fixtures/images/gray_alpha.png"),
+        "palette_transparent.png" => include_bytes!("fixtures/images/palette_transparent.png"),
+        "cmyk.jpg" => include_bytes!("fixtures/images/cmyk.jpg"),
         other => panic!("no embedded fixture image {other}"),
     }
 }
@@ -246,6 +251,57 @@ async fn wasm_reports_bad_input_as_errors() {
     assert!(encoder.embed_text("文本".into()).await.is_err(), "the text tower was not loaded");
     let bad_backend = WasmEncoder::load(CONFIG.to_vec(), VOCAB.to_vec(), WEIGHTS.to_vec(), "text".into(), "tpu".into()).await;
     assert!(bad_backend.is_err());
+}
+
+/// The browser's own decode of encoded image bytes (what the page does for formats the crate does not read):
+/// `createImageBitmap` without colour conversion or premultiplied alpha, read back as RGBA from a canvas.
+async fn browser_decode(bytes: &[u8]) -> (Vec<u8>, u32, u32) {
+    let decode = js_sys::Function::new_with_args(
+        "bytes",
+        "return (async () => {
+           const bitmap = await createImageBitmap(new Blob([bytes]), { premultiplyAlpha: 'none', colorSpaceConversion: 'none' });
+           const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+           const context = canvas.getContext('2d');
+           context.drawImage(bitmap, 0, 0);
+           const data = context.getImageData(0, 0, bitmap.width, bitmap.height);
+           return [data.width, data.height, new Uint8Array(data.data.buffer)];
+         })()",
+    );
+    let promise: js_sys::Promise = decode.call1(&wasm_bindgen::JsValue::NULL, &js_sys::Uint8Array::from(bytes)).unwrap().into();
+    let out: js_sys::Array = wasm_bindgen_futures::JsFuture::from(promise).await.expect("the browser decodes it").into();
+    let width = out.get(0).as_f64().unwrap() as u32;
+    let height = out.get(1).as_f64().unwrap() as u32;
+    (js_sys::Uint8Array::new(&out.get(2)).to_vec(), width, height)
+}
+
+/// Pixels the browser decoded, resized and normalised by the crate (the page's path for AVIF and HEIC),
+/// against the crate's own decode of the same file: within the tolerance the parity tests hold the crate to
+/// against the HF processor (mean |Δ| < 0.01), and the stored embeddings within cosine 0.999.
+#[wasm_bindgen_test]
+async fn browser_decoded_pixels_match_the_crate_decode() {
+    threads().await;
+    let encoder = ok(WasmEncoder::new(CONFIG, VOCAB, WEIGHTS.to_vec(), "vision"), "load");
+    let names = ["rgb.jpg", "cmyk.jpg", "rgb.png", "rgba.png", "gray.png", "gray_alpha.png", "palette.gif", "palette_transparent.png", "rgb.webp", "rgb.bmp"];
+    for name in names {
+        let bytes = image_bytes(name);
+        let (rgba, width, height) = browser_decode(bytes).await;
+        let ours = ok(encoder.preprocess_image(bytes, name), name);
+        let browsers = ok(encoder.preprocess_rgba(rgba.clone(), width, height, name), name);
+        let mean = ours.iter().zip(&browsers).map(|(a, b)| (a - b).abs()).sum::<f32>() / ours.len() as f32;
+        assert!(mean < 0.01, "{name}: the browser's decode is mean |Δ| {mean} from the crate's");
+        let crate_row = ok(encoder.index_photo(bytes.to_vec(), name.into()).await, name);
+        let browser_row = ok(encoder.index_rgba(rgba, width, height, name.into()).await, name);
+        let dequantized = |p: &tuwen::web::IndexedPhoto| p.values().iter().map(|&q| q as f32 * p.scale()).collect::<Vec<f32>>();
+        let (a, b) = (dequantized(&crate_row), dequantized(&browser_row));
+        let cosine = a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>()
+            / (a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt());
+        assert!(cosine >= 0.999, "{name}: embeddings of the two decodes have cosine {cosine}");
+        assert!(!crate_row.thumbnail().is_empty() && crate_row.thumbnail()[..2] == [0xFF, 0xD8], "{name}: a JPEG thumbnail");
+    }
+    // A wrong pixel count or an oversized image is refused by name.
+    assert!(encoder.index_rgba(vec![0; 15], 2, 2, "short.avif".into()).await.is_err());
+    assert!(encoder.index_rgba(Vec::new(), 20_000, 1, "wide.avif".into()).await.is_err());
+    assert!(tuwen::web::crate_decodes(image_bytes("rgb.jpg")) && !tuwen::web::crate_decodes(b"\0\0\x01\0ico"));
 }
 
 #[derive(Deserialize)]

@@ -1,8 +1,10 @@
 // The page: talks to the worker (which owns the wasm module), renders results. Every id and caption is
 // inserted as text (textContent), never as HTML: captions like "胡子<人名>作品" show literally.
 
+import { $, el, formatBytes, formatMs } from './dom.js';
+import { initPhotos, photoProgress, photoFile, photoCount } from './photos.js';
+
 const MAX_IMAGE_BYTES = 20 * 1024 * 1024;
-const $ = (id) => document.getElementById(id);
 
 const state = { manifest: null, imageIds: [], textIds: [], captions: [], ready: false };
 
@@ -21,6 +23,7 @@ function ask(type, payload = {}, transfer = []) {
 
 worker.onmessage = ({ data }) => {
   if (data.type === 'progress') return showProgress(data);
+  if (data.type === 'photos') return photoProgress(data);
   if (data.type === 'notice') return showNotice(data.message);
   const request = pending.get(data.id);
   if (!request) return;
@@ -30,21 +33,7 @@ worker.onmessage = ({ data }) => {
 };
 worker.onerror = (e) => showError(`后台线程出错：${e.message || '无法启动（浏览器可能不支持模块 Worker）'}`);
 
-// ---- small DOM helpers -----------------------------------------------------------------------------
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === 'dataset') Object.assign(node.dataset, value);
-    else if (key in node) node[key] = value;
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) node.append(child);
-  return node;
-}
-
-const formatBytes = (n) => (n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${(n / 1e3).toFixed(0)} KB`);
-const formatMs = (ms) => (ms >= 100 ? `${ms.toFixed(0)} ms` : `${ms.toFixed(1)} ms`);
-
+// ---- messages ------------------------------------------------------------------------------------
 function showError(message) {
   const box = $('error');
   box.textContent = message;
@@ -55,21 +44,39 @@ function showNotice(message) {
   $('notices').append(el('p', { className: 'notice', textContent: message }));
 }
 
-const bars = new Map();
+// Everything being downloaded (wasm, bundles, towers — a tower a first query needs, too) in one line: bytes,
+// rate and what is loading; when all is in it folds to a one-line status.
+const downloads = new Map(); // label → { loaded, total, cached }
+let downloadStart = 0;
 function showProgress({ label, loaded, total, cached }) {
-  let bar = bars.get(label);
-  if (!bar) {
-    const progress = el('progress', { max: total, value: 0 });
-    const text = el('span', { className: 'bytes' });
-    const row = el('div', { className: 'download' }, el('span', { className: 'label', textContent: label }), progress, text);
-    $('downloads').append(row);
-    bar = { row, progress, text };
-    bars.set(label, bar);
+  if (![...downloads.values()].some((d) => d.loaded < d.total)) downloadStart = performance.now();
+  downloads.set(label, { loaded, total, cached: Boolean(cached) });
+  renderDownloads();
+}
+
+function renderDownloads() {
+  const box = $('downloads');
+  const all = [...downloads.values()];
+  const active = [...downloads].filter(([, d]) => d.loaded < d.total);
+  const loaded = all.reduce((n, d) => n + d.loaded, 0);
+  const total = all.reduce((n, d) => n + d.total, 0);
+  box.dataset.items = String(all.length);
+  box.dataset.loaded = String(loaded);
+  box.dataset.total = String(total);
+  box.dataset.state = active.length ? 'loading' : 'done';
+  if (active.length) {
+    const seconds = (performance.now() - downloadStart) / 1000;
+    const fresh = active.reduce((n, [, d]) => n + d.loaded, 0);
+    const rate = seconds > 0.2 ? ` · ${formatBytes(fresh / seconds)}/s` : '';
+    const names = active.map(([label]) => label).join('、');
+    const progress = el('progress', { max: total, value: loaded });
+    box.replaceChildren(progress, el('span', { className: 'bytes', textContent: `正在加载 ${names}：${formatBytes(loaded)} / ${formatBytes(total)}${rate}` }));
+  } else {
+    const offline = navigator.serviceWorker?.controller ? ' · 离线可用' : '';
+    const cached = all.filter((d) => d.cached).length;
+    const from = cached === all.length ? '（本机缓存）' : '';
+    box.replaceChildren(el('span', { className: 'bytes', textContent: `已加载 ${all.length} 项 ${formatBytes(total)}${from}${offline}` }));
   }
-  bar.progress.max = total;
-  bar.progress.value = loaded;
-  bar.text.textContent = cached ? `${formatBytes(total)}（已缓存）` : `${formatBytes(loaded)} / ${formatBytes(total)}`;
-  bar.row.classList.toggle('done', loaded >= total);
 }
 
 // ---- rendering ----------------------------------------------------------------------------------
@@ -100,25 +107,41 @@ function retryStalledThumbnail(img, src, retries = 2) {
   img.addEventListener('error', () => clearTimeout(timer), { once: true });
 }
 
+// Object URLs of the visitor's thumbnails shown now (revoked when the results change).
+let photoUrls = [];
+
 function renderImages(hits, title) {
+  photoUrls.forEach((url) => URL.revokeObjectURL(url));
+  photoUrls = [];
   const section = resultSection('image-results', hits, title);
   if (!section) return;
   const grid = el('ol', { className: 'grid' });
   hits.forEach((hit, rank) => {
-    const id = state.imageIds[hit.index];
-    const img = el('img', { src: thumbnailUrl(hit.index), alt: id, loading: 'lazy', decoding: 'async' });
-    img.addEventListener('error', () => img.replaceWith(el('span', { className: 'missing', textContent: '（缩略图不可用）' })), { once: true });
-    retryStalledThumbnail(img, thumbnailUrl(hit.index));
-    const button = el('button', { type: 'button', className: 'result-image', title: `用这张图片搜索：${id}` }, img);
-    button.addEventListener('click', () => run({ image: id }));
-    grid.append(
-      el('li', { className: 'result', dataset: { rank: rank + 1 } },
-        button,
-        el('div', { className: 'meta' },
-          el('span', { className: 'rank', textContent: `#${rank + 1}` }),
-          el('span', { className: 'score', textContent: hit.score.toFixed(4) }),
-          el('span', { className: 'id', textContent: id }))),
-    );
+    const mine = hit.source === 'mine';
+    const id = mine ? hit.id : state.imageIds[hit.index];
+    let src = mine ? null : thumbnailUrl(hit.index);
+    if (mine && hit.thumbnail && hit.thumbnail.size) photoUrls.push((src = URL.createObjectURL(hit.thumbnail)));
+    const picture = src
+      ? el('img', { src, alt: id, loading: 'lazy', decoding: 'async' })
+      : el('span', { className: 'missing', textContent: '（无缩略图）' });
+    if (src) {
+      picture.addEventListener('error', () => picture.replaceWith(el('span', { className: 'missing', textContent: '（缩略图不可用）' })), { once: true });
+      if (!mine) retryStalledThumbnail(picture, src);
+    }
+    const button = el('button', { type: 'button', className: 'result-image', title: `用这张图片搜索：${id}` }, picture);
+    button.addEventListener('click', () => run(mine ? { photo: id } : { image: id }));
+    const meta = el('div', { className: 'meta' },
+      el('span', { className: 'rank', textContent: `#${rank + 1}` }),
+      el('span', { className: 'score', textContent: hit.score.toFixed(4) }),
+      el('span', { className: 'id', textContent: id }));
+    if (mine) {
+      // The full image where this visit still has the file; else the stored thumbnail.
+      const file = photoFile(id);
+      const href = file ? URL.createObjectURL(file) : src;
+      if (file) photoUrls.push(href);
+      if (href) meta.append(el('a', { className: 'open', href, target: '_blank', rel: 'noopener', textContent: file ? '原图' : '缩略图' }));
+    }
+    grid.append(el('li', { className: `result${mine ? ' mine' : ''}`, dataset: { rank: rank + 1, source: hit.source || 'gallery' } }, button, meta));
   });
   section.append(grid);
 }
@@ -162,39 +185,49 @@ function renderTimings(t, renderMs) {
 // ---- queries ----------------------------------------------------------------------------------------
 let generation = 0;
 
-// One query: `text`, `image` (a gallery id), `caption` (a gallery caption id) or `file` (a File).
+// Where image results come from: the site's gallery, the visitor's photos, or both.
+const scope = () => $('scope').value;
+
+// One query: `text`, `image` (a gallery id), `caption` (a gallery caption id), `photo` (the path of one of the
+// visitor's photos) or `file` (a File).
 async function run(query, { push = true } = {}) {
   if (!state.ready) return;
   const mine = ++generation;
   showError('');
   document.body.classList.add('busy');
   const k = topK();
+  const where = scope();
   try {
     let result;
     if (query.text !== undefined) {
       $('text-query').value = query.text;
       renderQuery('以文搜图', el('q', { textContent: query.text }));
-      result = await ask('text', { text: query.text, k });
+      result = await ask('text', { text: query.text, k, scope: where });
     } else if (query.image !== undefined) {
       const index = state.imageIds.indexOf(query.image);
       if (index < 0) throw new Error(`图库中没有图片 ${query.image}`);
       renderQuery('以图搜文', el('img', { src: thumbnailUrl(index), alt: query.image }));
-      result = await ask('galleryImage', { index, k });
+      result = await ask('galleryImage', { index, k, scope: where });
     } else if (query.caption !== undefined) {
       const index = state.textIds.indexOf(query.caption);
       if (index < 0) throw new Error(`图库中没有文本 ${query.caption}`);
       renderQuery('以文搜图', el('q', { textContent: state.captions[index] }));
-      result = await ask('caption', { index, k });
+      result = await ask('caption', { index, k, scope: where });
+    } else if (query.photo !== undefined) {
+      const thumbnail = await ask('photoThumbnail', { path: query.photo });
+      const src = thumbnail && thumbnail.size ? URL.createObjectURL(thumbnail) : '';
+      renderQuery('以图搜图', src ? el('img', { src, alt: query.photo }) : el('span', { textContent: query.photo }));
+      result = await ask('photo', { path: query.photo, k, scope: where });
     } else if (query.file) {
       const file = query.file;
       if (file.size > MAX_IMAGE_BYTES) throw new Error(`图片太大（${formatBytes(file.size)}），上限 ${formatBytes(MAX_IMAGE_BYTES)}`);
       renderQuery('以图搜文', el('img', { src: URL.createObjectURL(file), alt: file.name }));
       const bytes = await file.arrayBuffer();
-      result = await ask('image', { bytes, name: file.name || 'pasted image', k }, [bytes]);
+      result = await ask('image', { bytes, name: file.name || 'pasted image', k, scope: where }, [bytes]);
     }
     if (mine !== generation) return;
     const t0 = performance.now();
-    renderTexts(result.texts, '最相关的文字');
+    renderTexts(result.texts && result.texts.length ? result.texts : null, '最相关的文字');
     renderImages(result.images, result.texts ? '相似图片' : '最相关的图片');
     await new Promise(requestAnimationFrame);
     renderTimings(result.timings, performance.now() - t0);
@@ -218,16 +251,17 @@ function saveInUrl(query, k) {
   if (query.text !== undefined) params.set('q', query.text);
   else if (query.image !== undefined) params.set('image', query.image);
   else if (query.caption !== undefined) params.set('caption', query.caption);
-  else return; // an uploaded file cannot be shared
+  else return; // an uploaded file or one's own photo is not shared
   params.set('k', String(k));
   const url = `${location.pathname}?${params}`;
   if (url !== `${location.pathname}${location.search}`) history.pushState(null, '', url);
 }
 
-function queryFromUrl() {
+// The query in the URL; `k` from it too, unless the visitor just chose another (`keepK`).
+function queryFromUrl({ keepK = false } = {}) {
   const params = new URLSearchParams(location.search);
   const k = params.get('k');
-  if (k && [...$('top-k').options].some((o) => o.value === k)) $('top-k').value = k;
+  if (!keepK && k && [...$('top-k').options].some((o) => o.value === k)) $('top-k').value = k;
   if (params.has('q')) return { text: params.get('q') };
   if (params.has('image')) return { image: params.get('image') };
   if (params.has('caption')) return { caption: params.get('caption') };
@@ -260,10 +294,14 @@ document.addEventListener('paste', (e) => {
   const file = [...(e.clipboardData?.files || [])].find((f) => f.type.startsWith('image/'));
   if (file) run({ file });
 });
-$('top-k').addEventListener('change', () => {
-  const query = queryFromUrl();
-  if (query) run(query);
-});
+// A new scope or k reruns the query on screen (one's own photo or file queries are not in the URL: the
+// next query uses the choice).
+for (const id of ['scope', 'top-k']) {
+  $(id).addEventListener('change', () => {
+    const query = queryFromUrl({ keepK: true });
+    if (query) run(query);
+  });
+}
 window.addEventListener('popstate', () => {
   const query = queryFromUrl();
   if (query) run(query, { push: false });
@@ -277,10 +315,13 @@ function showBackend(backend) {
   let reason = document.querySelector('.backend-reason');
   if (!reason) {
     reason = el('span', { className: 'backend-reason' });
-    badge.after(reason);
+    $('model-card').before(reason);
   }
   reason.textContent = backend.reason;
 }
+
+// The engine's details (model card, why this backend) are open on wide screens, folded on phones.
+if (matchMedia('(min-width: 700px)').matches) $('engine').open = true;
 
 function showModel(manifest, backend) {
   showBackend(backend);
@@ -292,7 +333,11 @@ function showModel(manifest, backend) {
   );
   $('random-warning').hidden = !m.random_weights;
   if (m.random_weights) $('random-warning').title = m.random_weights;
-  $('gallery-info').textContent = `图库：${manifest.images.count} 张图片、${manifest.texts.count} 条文字`;
+  const hasGallery = Boolean(manifest.images);
+  document.body.dataset.gallery = hasGallery ? 'true' : 'false';
+  $('gallery-info').textContent = hasGallery
+    ? `图库：${manifest.images.count} 张图片、${manifest.texts.count} 条文字`
+    : '本站没有公共图库：搜索你自己添加的图片';
   const examples = $('examples');
   for (const text of manifest.examples) {
     const chip = el('button', { type: 'button', className: 'chip', textContent: text });
@@ -300,6 +345,19 @@ function showModel(manifest, backend) {
     examples.append(chip);
   }
 }
+
+// The scope choice: offered when there is something to choose between (a gallery and one's own photos).
+function updateScope(summary) {
+  const select = $('scope');
+  const hasGallery = Boolean(state.manifest.images);
+  const hasPhotos = (summary?.count ?? photoCount()) > 0;
+  select.querySelector('[value="gallery"]').disabled = !hasGallery;
+  if (!hasGallery) select.value = 'mine';
+  else if (hasPhotos && select.dataset.chosen !== 'true') select.value = 'both';
+  else if (!hasPhotos) select.value = 'gallery';
+  $('scope-choice').hidden = !(hasGallery && hasPhotos);
+}
+$('scope').addEventListener('input', () => { $('scope').dataset.chosen = 'true'; });
 
 // How long the first visit waits for its service worker to take control before running without isolation.
 const ISOLATION_WAIT_MS = 5000;
@@ -374,8 +432,11 @@ async function main() {
       document.body.dataset.simdProbeCached = String(init.simd.probe.cached);
       document.body.dataset.simdProbeForm = init.simd.probe.form;
     }
+    initPhotos({ ask, changed: updateScope }, init.manifest, init.photos);
+    updateScope(init.photos);
     state.ready = true;
     for (const id of ['text-query', 'text-search', 'image-input']) $(id).disabled = false;
+    renderDownloads();
     document.body.dataset.ready = 'true';
     document.body.dataset.readyMs = (performance.now() - started).toFixed(0);
     const query = queryFromUrl();

@@ -1,10 +1,13 @@
-// Offline after the first visit: the page shell is kept network-first (updates show when online),
+// Offline after the first visit (and installable: the web app manifest and its icons are in the shell): the
+// page shell is kept network-first (updates show when online),
 // versioned assets (models, bundles, wasm: …?v=<hash>) are served from the worker's cache, and
 // thumbnails are cached as they are seen. Every response it serves carries COOP/COEP, which makes the page
 // cross-origin isolated (shared memory for WASM threads) on hosts that cannot send headers.
 const SHELL_CACHE = 'tuwen-shell-v1';
 const THUMBNAIL_CACHE = 'tuwen-thumbnails-v1';
-const SHELL = ['./', 'index.html', 'app.js', 'worker.js', 'simd_probe.js', 'style.css', 'pkg/tuwen.js', 'manifest.json'];
+const SHELL = ['./', 'index.html', 'app.js', 'dom.js', 'photos.js', 'photo_store.js', 'photo_library.js', 'worker.js',
+  'simd_probe.js', 'style.css', 'pkg/tuwen.js', 'manifest.json', 'manifest.webmanifest', 'icons/icon-192.png',
+  'icons/icon-512.png', 'icons/icon-maskable-512.png'];
 
 self.addEventListener('install', (event) => {
   event.waitUntil(caches.open(SHELL_CACHE).then((cache) => cache.addAll(SHELL)).then(() => self.skipWaiting()));

@@ -2,6 +2,7 @@
 // bundles, embeds queries and searches, so the page never freezes while a model loads or runs.
 // The wasm-bindgen glue of the build chosen at start (pkg/tuwen.js, or pkg/threads/tuwen.js for threads).
 import { RELAXED_SIMD_PROBE, RELAXED_SIMD_FASTER, simdVerdict } from './simd_probe.js';
+import { PhotoLibrary } from './photo_library.js';
 
 let wasm = null;
 
@@ -10,8 +11,9 @@ const ASSET_CACHE = 'tuwen-assets-v1';
 
 let manifest = null;
 let backend = null;
-const galleries = {}; // images / texts → WasmGallery
+const galleries = {}; // images / texts → WasmGallery (none on a site without a gallery)
 const encoders = {}; // text / vision → Promise<WasmEncoder>
+let library = null; // the visitor's photos (PhotoLibrary)
 
 const post = (message) => self.postMessage(message);
 const now = () => performance.now();
@@ -228,18 +230,30 @@ async function start({ backend: choice, simd, threads }) {
   cpuEngine = describeCpu(level, wasm.threadCount());
   cpuNote = [build.why, describeSimdChoice(build.simd, level)].filter(Boolean).join('；');
   backend = await detectBackend(choice || 'auto');
-  const [images, texts] = await Promise.all([
-    fetchAsset(manifest.images.bundle, '图片索引'),
-    fetchAsset(manifest.texts.bundle, '文本索引'),
-  ]);
-  galleries.images = new wasm.WasmGallery(images);
-  galleries.texts = new wasm.WasmGallery(texts);
+  if (manifest.images && manifest.texts) {
+    const [images, texts] = await Promise.all([
+      fetchAsset(manifest.images.bundle, '图片索引'),
+      fetchAsset(manifest.texts.bundle, '文本索引'),
+    ]);
+    galleries.images = new wasm.WasmGallery(images);
+    galleries.texts = new wasm.WasmGallery(texts);
+  }
+  library = new PhotoLibrary({ wasm, model: manifest.model, vision: () => encoder('vision'), post, idle: queriesDone });
+  let photos;
+  try {
+    photos = await library.open();
+  } catch (e) {
+    // Private windows of some browsers refuse IndexedDB: the site's gallery still works.
+    library = null;
+    photos = { unavailable: `浏览器不允许本站保存数据（${e.message || e}），无法索引我的图片` };
+  }
   return {
     manifest,
     backend,
     simd: { ...build.simd, level, dotForm: wasm.dotForm() },
-    images: { ids: galleries.images.ids },
-    texts: { ids: galleries.texts.ids, captions: galleries.texts.captions },
+    images: { ids: galleries.images ? galleries.images.ids : [] },
+    texts: { ids: galleries.texts ? galleries.texts.ids : [], captions: galleries.texts ? galleries.texts.captions : [] },
+    photos,
   };
 }
 
@@ -262,7 +276,8 @@ function encoder(tower) {
         throw explainLoadFailure(e, label);
       }
       const gallery = tower === 'text' ? galleries.images : galleries.texts;
-      gallery.checkEncoder(model, `${tower === 'text' ? '图片' : '文本'}索引`);
+      if (gallery) gallery.checkEncoder(model, `${tower === 'text' ? '图片' : '文本'}索引`);
+      else if (model.fingerprint !== manifest.model.fingerprint) throw new UserError(`${label}与站点清单的模型不同：站点不一致，请重新构建。`);
       return model;
     })();
     encoders[tower].catch(() => delete encoders[tower]);
@@ -290,40 +305,97 @@ async function timed(tower, embed) {
 
 function search(gallery, query, k) {
   const t = now();
-  const hits = galleries[gallery].search(query, k);
+  const hits = galleries[gallery] ? galleries[gallery].search(query, k) : null;
   return { hits, ms: now() - t };
+}
+
+// Images for a query in the chosen scope — the site's gallery, the visitor's photos, or both merged by score
+// (one model, one int8 storage: the scores compare). Photos come with their stored thumbnails.
+async function searchImages(query, k, scope) {
+  const t = now();
+  let hits = [];
+  if (scope !== 'mine' && galleries.images) hits = galleries.images.search(query, k).map((h) => ({ ...h, source: 'gallery' }));
+  if (scope !== 'gallery' && library) hits = hits.concat(library.search(query, k).map((h) => ({ ...h, source: 'mine' })));
+  hits.sort((a, b) => b.score - a.score);
+  hits = hits.slice(0, k);
+  const ms = now() - t;
+  for (const hit of hits) if (hit.source === 'mine') hit.thumbnail = await library.thumbnail(hit.id);
+  return { hits, ms };
+}
+
+// Queries take precedence over indexing: the indexer waits between photos while any is in flight.
+let queriesInFlight = 0;
+let queriesIdle = null;
+function queriesDone() {
+  if (queriesInFlight === 0) return Promise.resolve();
+  if (!queriesIdle) {
+    let resolve;
+    queriesIdle = new Promise((r) => { resolve = r; });
+    queriesIdle.resolve = resolve;
+  }
+  return queriesIdle;
+}
+function queryFinished() {
+  queriesInFlight -= 1;
+  if (queriesInFlight === 0 && queriesIdle) {
+    queriesIdle.resolve();
+    queriesIdle = null;
+  }
+}
+const QUERIES = new Set(['text', 'image', 'galleryImage', 'caption', 'photo']);
+
+function photos() {
+  if (!library) throw new UserError('此浏览器不允许本站保存数据，无法使用我的图片');
+  return library;
 }
 
 const handlers = {
   init: start,
-  async text({ text, k }) {
+  async text({ text, k, scope }) {
     if (!text.trim()) throw new UserError('请输入要搜索的文字');
     const { query, timings, backend: ran } = await timed('text', (m) => m.embedText(text));
-    const images = search('images', query, k);
+    const images = await searchImages(query, k, scope);
     return { images: images.hits, timings: { ...timings, search: images.ms }, backend: ran };
   },
-  async image({ bytes, name, k }) {
+  async image({ bytes, name, k, scope }) {
     const { query, timings, backend: ran } = await timed('vision', (m) => m.embedImage(new Uint8Array(bytes), name));
     const texts = search('texts', query, k);
-    const images = search('images', query, k);
+    const images = await searchImages(query, k, scope);
     return { texts: texts.hits, images: images.hits, timings: { ...timings, search: texts.ms + images.ms }, backend: ran };
   },
-  // A gallery image or caption as the query: its stored embedding, no encoder needed.
-  async galleryImage({ index, k }) {
+  // A gallery image or caption, or one of the visitor's photos, as the query: its stored embedding, no encoder.
+  async galleryImage({ index, k, scope }) {
     const query = galleries.images.row(index);
     const texts = search('texts', query, k);
-    const images = search('images', query, k);
+    const images = await searchImages(query, k, scope);
     return { texts: texts.hits, images: images.hits, timings: { load: 0, encode: 0, search: texts.ms + images.ms } };
   },
-  async caption({ index, k }) {
+  async caption({ index, k, scope }) {
     const query = galleries.texts.row(index);
-    const images = search('images', query, k);
+    const images = await searchImages(query, k, scope);
     return { images: images.hits, timings: { load: 0, encode: 0, search: images.ms } };
   },
+  async photo({ path, k, scope }) {
+    const query = photos().row(path);
+    const texts = search('texts', query, k);
+    const images = await searchImages(query, k, scope);
+    return { texts: texts.hits, images: images.hits, timings: { load: 0, encode: 0, search: texts.ms + images.ms } };
+  },
+  photoThumbnail: ({ path }) => photos().thumbnail(path),
+  photosAdd: ({ entries, folder }) => photos().add(entries, folder ?? null),
+  photosPause: () => photos().pause(),
+  photosResume: () => photos().resume(),
+  photosCancel: () => photos().cancel(),
+  photosExport: () => photos().exportBundle(),
+  photosImport: ({ bytes, name }) => photos().importBundle(new Uint8Array(bytes), name),
+  photosForget: () => photos().forget(),
+  photosSummary: () => photos().summary(),
 };
 
 self.onmessage = async ({ data }) => {
   const { id, type } = data;
+  const query = QUERIES.has(type);
+  if (query) queriesInFlight += 1;
   try {
     const handler = handlers[type];
     if (!handler) throw new Error(`unknown request ${type}`);
@@ -331,5 +403,7 @@ self.onmessage = async ({ data }) => {
   } catch (e) {
     console.error(e);
     post({ id, type: 'error', message: String(e && e.message ? e.message : e) });
+  } finally {
+    if (query) queryFinished();
   }
 };

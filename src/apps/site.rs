@@ -18,18 +18,15 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-/// The longest side of a thumbnail, in pixels (2× a 128-px grid cell on high-density screens).
-pub const THUMBNAIL_SIDE: u32 = 256;
 /// How many example queries the page offers.
 const EXAMPLES: usize = 8;
 
 pub struct SiteJob {
     /// HF model directory or tuwen GGUF (both towers, or give a directory).
     pub model: PathBuf,
-    /// CSV with `image_id,caption`.
-    pub pairs: PathBuf,
-    /// Folder holding the images named by `image_id`.
-    pub images: PathBuf,
+    /// The site's own gallery: a CSV with `image_id,caption` and the folder holding the images named by
+    /// `image_id`. None: a site without a gallery, where the page searches only the visitor's own photos.
+    pub gallery: Option<(PathBuf, PathBuf)>,
     pub out: PathBuf,
     /// The page's sources and the wasm package to copy.
     pub www: PathBuf,
@@ -67,10 +64,15 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wasm_threads_relaxed: Option<Asset>,
     pub towers: Towers2<Asset>,
-    pub images: Gallery,
-    pub texts: Gallery,
+    /// The site's gallery; both absent on a site built without one (the page then searches only the
+    /// visitor's own photos).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Gallery>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub texts: Option<Gallery>,
     /// `thumbnails/<row>.jpg` for each row of the image bundle.
-    pub thumbnails: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnails: Option<String>,
     pub examples: Vec<String>,
 }
 
@@ -104,6 +106,13 @@ pub struct Gallery {
     pub count: usize,
 }
 
+struct BuiltGallery {
+    images: Bundle,
+    texts: Bundle,
+    images_path: PathBuf,
+    texts_path: PathBuf,
+}
+
 /// What a site build did, for the log.
 #[derive(Debug)]
 pub struct SiteReport {
@@ -116,7 +125,11 @@ pub struct SiteReport {
 
 impl std::fmt::Display for SiteReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "site in {}: {} images, {} captions", self.out.display(), self.images, self.texts)?;
+        if self.images == 0 && self.texts == 0 {
+            write!(f, "site in {}: no gallery (the page searches the visitor's own photos only)", self.out.display())?;
+        } else {
+            write!(f, "site in {}: {} images, {} captions", self.out.display(), self.images, self.texts)?;
+        }
         if self.skipped_images > 0 {
             write!(f, " ({} unreadable images left out, see data/images.bundle.skipped.csv)", self.skipped_images)?;
         }
@@ -129,10 +142,16 @@ impl std::fmt::Display for SiteReport {
 
 impl SiteJob {
     pub fn run(&self) -> Result<SiteReport> {
-        let pairs = files::read_pairs(&self.pairs, &self.images)?;
-        if pairs.is_empty() {
-            bail!("{}: no image_id,caption rows", self.pairs.display());
-        }
+        let pairs = match &self.gallery {
+            Some((pairs, images)) => {
+                let read = files::read_pairs(pairs, images)?;
+                if read.is_empty() {
+                    bail!("{}: no image_id,caption rows", pairs.display());
+                }
+                Some((read, images))
+            }
+            None => None,
+        };
         for file in ["tuwen.js", "tuwen_bg.wasm"] {
             if !self.pkg.join(file).is_file() {
                 bail!("{} has no {file}: build the wasm package first (./build.sh wasm)", self.pkg.display());
@@ -144,7 +163,8 @@ impl SiteJob {
         std::fs::create_dir_all(&self.out).with_context(|| format!("creating {}", self.out.display()))?;
         // The site's files (models/, bundles/, thumbnails/, the page) must not land among its inputs.
         let out = self.out.canonicalize().with_context(|| format!("{}", self.out.display()))?;
-        for (flag, input) in [("--images", &self.images), ("--www", &self.www), ("--pkg", &self.pkg)] {
+        let images_dir = self.gallery.as_ref().map(|(_, images)| ("--images", images));
+        for (flag, input) in images_dir.into_iter().chain([("--www", &self.www), ("--pkg", &self.pkg)]) {
             if input.canonicalize().is_ok_and(|input| out.starts_with(&input)) {
                 bail!("--out {} is {flag} {} or inside it: choose another folder for the site", self.out.display(), input.display());
             }
@@ -163,30 +183,31 @@ impl SiteJob {
         };
         let text_gguf = self.tower_gguf(Towers::Text, &fingerprint)?;
         let vision_gguf = self.tower_gguf(Towers::Vision, &fingerprint)?;
+        let vision = Encoder::load_on(&vision_gguf, Towers::Vision, self.backend.clone())?;
+        let stamp = vision.stamp()?;
 
-        let texts_path = self.out.join("data/texts.bundle");
-        let texts = {
-            let encoder = Encoder::load_on(&text_gguf, Towers::Text, self.backend.clone())?;
-            let (ids, captions) = pairs.iter().cloned().unzip();
-            ensure_bundle(&encoder, Items::Texts { ids, captions }, &texts_path, Storage::Int8, self.progress)?
+        let (gallery, skipped_images) = match pairs {
+            Some((pairs, images_dir)) => {
+                let (gallery, skipped) = self.gallery(&pairs, images_dir, &text_gguf, &vision)?;
+                (Some(gallery), skipped)
+            }
+            None => {
+                // No gallery: the data of an earlier build with one must not be served as if current.
+                for stale in ["data", "thumbnails"] {
+                    let path = self.out.join(stale);
+                    if path.exists() {
+                        std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+                    }
+                }
+                (None, 0)
+            }
         };
-        let images_path = self.out.join("data/images.bundle");
-        let (images, stamp) = {
-            let encoder = Encoder::load_on(&vision_gguf, Towers::Vision, self.backend.clone())?;
-            let ids = pairs.iter().map(|(id, _)| id.clone()).collect();
-            let bundle = ensure_bundle(&encoder, Items::images(&self.images, ids), &images_path, Storage::Int8, self.progress)?;
-            (bundle, encoder.stamp()?)
-        };
-        if texts.header.model.fingerprint != stamp.fingerprint {
-            bail!("the text and vision towers come from different models ({} vs {})", texts.header.model.fingerprint, stamp.fingerprint);
-        }
-        if images.is_empty() {
-            bail!("none of the images in {} could be read (see {})", self.images.display(), crate::util::with_suffix(&images_path, ".skipped.csv").display());
-        }
-
-        self.thumbnails(&images)?;
         self.copy_page()?;
 
+        let (images, texts) = match &gallery {
+            Some(g) => (g.images.len(), g.texts.len()),
+            None => (0, 0),
+        };
         let manifest = Manifest {
             version: 1,
             generator: format!("tuwen {}", env!("CARGO_PKG_VERSION")),
@@ -201,19 +222,37 @@ impl SiteJob {
             wasm_threads: self.optional_asset(&self.out.join(THREADS_PKG).join("tuwen_bg.wasm"))?,
             wasm_threads_relaxed: self.optional_asset(&self.out.join(THREADS_PKG).join("tuwen_bg_relaxed.wasm"))?,
             towers: Towers2 { text: self.asset(&text_gguf)?, vision: self.asset(&vision_gguf)? },
-            images: Gallery { bundle: self.asset(&images_path)?, count: images.len() },
-            texts: Gallery { bundle: self.asset(&texts_path)?, count: texts.len() },
-            thumbnails: "thumbnails/".into(),
-            examples: examples(texts.captions.as_deref().unwrap_or_default()),
+            images: gallery.as_ref().map(|g| Ok::<_, anyhow::Error>(Gallery { bundle: self.asset(&g.images_path)?, count: images })).transpose()?,
+            texts: gallery.as_ref().map(|g| Ok::<_, anyhow::Error>(Gallery { bundle: self.asset(&g.texts_path)?, count: texts })).transpose()?,
+            thumbnails: gallery.as_ref().map(|_| "thumbnails/".into()),
+            examples: gallery.as_ref().map(|g| examples(g.texts.captions.as_deref().unwrap_or_default())).unwrap_or_default(),
         };
         write_atomic(&manifest_path, serde_json::to_string_pretty(&manifest)?.as_bytes())?;
-        Ok(SiteReport {
-            out: self.out.clone(),
-            images: images.len(),
-            texts: texts.len(),
-            skipped_images: pairs.len() - images.len(),
-            random_weights: stamp.random_weights.is_some(),
-        })
+        Ok(SiteReport { out: self.out.clone(), images, texts, skipped_images, random_weights: stamp.random_weights.is_some() })
+    }
+
+    /// The gallery's two bundles (reused when complete, resumed from their journals) and thumbnails; the
+    /// count of images that could not be read.
+    fn gallery(&self, pairs: &[(String, String)], images_dir: &Path, text_gguf: &Path, vision: &Encoder) -> Result<(BuiltGallery, usize)> {
+        let texts_path = self.out.join("data/texts.bundle");
+        let texts = {
+            let encoder = Encoder::load_on(text_gguf, Towers::Text, self.backend.clone())?;
+            let (ids, captions) = pairs.iter().cloned().unzip();
+            ensure_bundle(&encoder, Items::Texts { ids, captions }, &texts_path, Storage::Int8, self.progress)?
+        };
+        let images_path = self.out.join("data/images.bundle");
+        let ids = pairs.iter().map(|(id, _)| id.clone()).collect();
+        let images = ensure_bundle(vision, Items::images(images_dir, ids), &images_path, Storage::Int8, self.progress)?;
+        let stamp = vision.stamp()?;
+        if texts.header.model.fingerprint != stamp.fingerprint {
+            bail!("the text and vision towers come from different models ({} vs {})", texts.header.model.fingerprint, stamp.fingerprint);
+        }
+        if images.is_empty() {
+            bail!("none of the images in {} could be read (see {})", images_dir.display(), crate::util::with_suffix(&images_path, ".skipped.csv").display());
+        }
+        self.thumbnails(&images, images_dir)?;
+        let skipped = pairs.len() - images.len();
+        Ok((BuiltGallery { images, texts, images_path, texts_path }, skipped))
     }
 
     /// `models/<tower>.gguf`: quantized from the HF directory, or cut from the given GGUF; reused when
@@ -255,7 +294,7 @@ impl SiteJob {
     }
 
     /// `thumbnails/<row>.jpg` for every row of the image bundle; regenerated when the bundle changed.
-    fn thumbnails(&self, images: &Bundle) -> Result<()> {
+    fn thumbnails(&self, images: &Bundle, images_dir: &Path) -> Result<()> {
         let dir = self.out.join("thumbnails");
         let stamp_path = dir.join(".bundle");
         let stamp = format!("{}\n{}", images.header.source.clone().unwrap_or_default(), images.ids.join("\n"));
@@ -269,7 +308,7 @@ impl SiteJob {
             if out.is_file() {
                 return Ok(());
             }
-            let source = self.images.join(id);
+            let source = images_dir.join(id);
             let bytes = std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
             write_atomic(&out, &thumbnail_jpeg(&bytes, &source.display().to_string())?)
         })?;
@@ -304,16 +343,8 @@ impl SiteJob {
     }
 }
 
-/// A JPEG at most `THUMBNAIL_SIDE` on its longer side, colours as the model sees them (alpha over white).
-pub fn thumbnail_jpeg(bytes: &[u8], name: &str) -> Result<Vec<u8>> {
-    let image = crate::preprocess::decode(bytes, name)?;
-    let small = image.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE);
-    let rgb = crate::preprocess::to_rgb(&small);
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 82)
-        .encode_image(&rgb)
-        .with_context(|| format!("{name}: encoding the thumbnail"))?;
-    Ok(out)
+fn thumbnail_jpeg(bytes: &[u8], name: &str) -> Result<Vec<u8>> {
+    crate::preprocess::thumbnail_jpeg(&crate::preprocess::decode(bytes, name)?, name)
 }
 
 /// Copies the regular files of `from` (recursively) into `to`.

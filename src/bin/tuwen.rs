@@ -167,9 +167,17 @@ enum Command {
         out: PathBuf,
     },
     /// Build the static search site for a gallery of image_id,caption pairs (what `./build.sh site` runs).
+    /// Without --pairs: a site with no gallery of its own, where visitors search their own photos only.
     Site {
-        #[command(flatten)]
-        gallery: PairsArgs,
+        /// HF model directory, or a tuwen GGUF holding both towers.
+        #[arg(long)]
+        model: PathBuf,
+        /// The site's gallery: a CSV with columns image_id,caption (omit for a private photo search only).
+        #[arg(long, requires = "images")]
+        pairs: Option<PathBuf>,
+        /// Folder of the images named by image_id.
+        #[arg(long, requires = "pairs")]
+        images: Option<PathBuf>,
         #[arg(long)]
         out: PathBuf,
         /// Quantization of the towers when --model is an HF directory.
@@ -419,8 +427,9 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 dtype.name(), bytes as f64 / 1e6);
             Ok(())
         }
-        Command::Site { gallery: PairsArgs { model, pairs, images }, out, dtype, www, pkg } => {
-            let job = tuwen::apps::site::SiteJob { model, pairs, images, out, www, pkg, dtype, progress: true, backend: placement()? };
+        Command::Site { model, pairs, images, out, dtype, www, pkg } => {
+            let gallery = pairs.zip(images);
+            let job = tuwen::apps::site::SiteJob { model, gallery, out, www, pkg, dtype, progress: true, backend: placement()? };
             let report = job.run()?;
             eprintln!("{report}");
             Ok(())

@@ -21,8 +21,7 @@ fn setup(dir: &Path, count: usize) -> (PathBuf, PathBuf, PathBuf) {
 fn job(model: &Path, pairs: &Path, images: &Path, pkg: &Path, out: &Path) -> SiteJob {
     SiteJob {
         model: model.to_path_buf(),
-        pairs: pairs.to_path_buf(),
-        images: images.to_path_buf(),
+        gallery: Some((pairs.to_path_buf(), images.to_path_buf())),
         out: out.to_path_buf(),
         www: Path::new(env!("CARGO_MANIFEST_DIR")).join("www"),
         pkg: pkg.to_path_buf(),
@@ -54,7 +53,8 @@ fn a_site_holds_every_file_its_manifest_names_and_a_rerun_reuses_them() {
 
     let m = manifest(&out);
     assert!(m.model.random_weights.is_some(), "the tiny fixture is labelled random");
-    let assets = [&m.wasm, &m.towers.text, &m.towers.vision, &m.images.bundle, &m.texts.bundle];
+    let (images_gallery, texts_gallery) = (m.images.as_ref().unwrap(), m.texts.as_ref().unwrap());
+    let assets = [&m.wasm, &m.towers.text, &m.towers.vision, &images_gallery.bundle, &texts_gallery.bundle];
     for asset in assets {
         let bytes = std::fs::read(out.join(&asset.url)).unwrap();
         assert_eq!((bytes.len() as u64, sha256_hex(&bytes)), (asset.bytes, asset.sha256.clone()), "{}", asset.url);
@@ -68,8 +68,8 @@ fn a_site_holds_every_file_its_manifest_names_and_a_rerun_reuses_them() {
     assert_eq!((text.dtype.as_str(), text.fingerprint.as_str()), ("q8_0", m.model.fingerprint.as_str()));
     assert_eq!(vision.fingerprint, m.model.fingerprint);
 
-    let image_bundle = tuwen::bundle::Bundle::open(&out.join(&m.images.bundle.url)).unwrap();
-    let text_bundle = tuwen::bundle::Bundle::open(&out.join(&m.texts.bundle.url)).unwrap();
+    let image_bundle = tuwen::bundle::Bundle::open(&out.join(&images_gallery.bundle.url)).unwrap();
+    let text_bundle = tuwen::bundle::Bundle::open(&out.join(&texts_gallery.bundle.url)).unwrap();
     assert!(!image_bundle.ids.contains(&"demo-0005.jpg".to_string()));
     assert_eq!(text_bundle.captions.as_ref().unwrap()[0], "《绿色北京》摄影大赛胡子<人名>作品");
     assert!(out.join("data/images.bundle.skipped.csv").is_file());
@@ -78,9 +78,9 @@ fn a_site_holds_every_file_its_manifest_names_and_a_rerun_reuses_them() {
     tuwen::index::require_model(&image_bundle, &encoder, "images.bundle").unwrap();
 
     for (row, id) in image_bundle.ids.iter().enumerate() {
-        let thumb = image::open(out.join(format!("{}{row}.jpg", m.thumbnails))).unwrap();
+        let thumb = image::open(out.join(format!("{}{row}.jpg", m.thumbnails.as_deref().unwrap()))).unwrap();
         let source = image::open(images.join(id)).unwrap();
-        assert!(thumb.width().max(thumb.height()) <= tuwen::apps::site::THUMBNAIL_SIDE);
+        assert!(thumb.width().max(thumb.height()) <= tuwen::preprocess::THUMBNAIL_SIDE);
         let (ratio_thumb, ratio_src) =
             (thumb.width() as f32 / thumb.height() as f32, source.width() as f32 / source.height() as f32);
         assert!((ratio_thumb - ratio_src).abs() < 0.02, "thumbnail {row} keeps the aspect ratio of {id}");
@@ -96,6 +96,26 @@ fn a_site_holds_every_file_its_manifest_names_and_a_rerun_reuses_them() {
         ["models/text.gguf", "models/vision.gguf", "data/texts.bundle", "data/images.bundle", "thumbnails/0.jpg"].map(modified);
     assert_eq!(before, after);
     assert_eq!(manifest(&out).towers.text.sha256, m.towers.text.sha256);
+}
+
+#[test]
+fn a_site_without_a_gallery_has_the_model_and_the_page_only_and_drops_an_earlier_gallery() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pairs, images, pkg) = setup(dir.path(), 4);
+    let out = dir.path().join("site");
+    job(&tiny_model(), &pairs, &images, &pkg, &out).run().unwrap();
+    assert!(out.join("data/images.bundle").is_file() && out.join("thumbnails/0.jpg").is_file());
+    let report = SiteJob { gallery: None, ..job(&tiny_model(), &pairs, &images, &pkg, &out) }.run().unwrap();
+    assert_eq!((report.images, report.texts), (0, 0));
+    assert!(report.to_string().contains("no gallery"), "{report}");
+    let m = manifest(&out);
+    assert!(m.images.is_none() && m.texts.is_none() && m.thumbnails.is_none() && m.examples.is_empty());
+    assert!(!out.join("data").exists() && !out.join("thumbnails").exists(), "the earlier gallery is not served");
+    let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert!(raw.get("images").is_none(), "absent, not null: {raw}");
+    let vision = tuwen::weights::gguf::gguf_summary(&out.join(&m.towers.vision.url)).unwrap();
+    assert_eq!(vision.fingerprint, m.model.fingerprint);
+    assert!(m.model.random_weights.is_some());
 }
 
 #[test]
