@@ -109,7 +109,11 @@ export class PhotoLibrary {
       if (job.cancelled) break;
       await nextTask(); // lets a query's message in before the next photo
       await this.idle();
-      if (job.paused) await job.paused.promise;
+      if (job.paused) {
+        await flush(); // a tab closed while paused loses nothing
+        this.progress(job, 'indexing');
+        await job.paused.promise;
+      }
       if (job.cancelled) break;
       try {
         const outcome = await this.indexOne(path, file, folder, batch);

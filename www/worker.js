@@ -2,7 +2,7 @@
 // bundles, embeds queries and searches, so the page never freezes while a model loads or runs.
 // The wasm-bindgen glue of the build chosen at start (pkg/tuwen.js, or pkg/threads/tuwen.js for threads).
 import { RELAXED_SIMD_PROBE, RELAXED_SIMD_FASTER, simdVerdict } from './simd_probe.js';
-import { PhotoLibrary } from './photo_library.js';
+import { PhotoLibrary, sha256Hex } from './photo_library.js';
 
 let wasm = null;
 
@@ -31,11 +31,6 @@ async function openCache() {
     post({ type: 'notice', level: 'warning', message: `浏览器拒绝了本地存储（${e.message}）：下载内容不会被缓存，下次打开需重新下载。` });
     return null;
   }
-}
-
-async function sha256Hex(bytes) {
-  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
-  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
 // Downloads one asset with progress events, verifies its hash, and keeps it in the Cache API.

@@ -26,6 +26,16 @@ let bareServer;
 let browser;
 const requests = []; // every request any page made: { method, url }
 
+// TUWEN_SCREENSHOTS=DIR saves the README's shots of the page mid-indexing and of a search over one's photos.
+async function snap(page, name) {
+  const dir = process.env.TUWEN_SCREENSHOTS;
+  if (!dir) return;
+  mkdirSync(dir, { recursive: true });
+  await page.evaluate(() => document.querySelectorAll('img').forEach((i) => { i.loading = 'eager'; }));
+  await page.waitForFunction(() => [...document.images].every((i) => i.complete));
+  await page.screenshot({ path: path.join(dir, `${name}.png`), fullPage: true });
+}
+
 const tuwen = (...args) => execFileSync(TUWEN, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 
 function cliSearch(bundle, query, k) {
@@ -192,6 +202,11 @@ test('a folder is indexed in the page: counts, skipped files with reasons, score
   await setScope(page, 'mine');
   const hits = await textQuery(page, '红色圆形');
   assert.ok(hits.every((h) => h.source === 'mine' && h.thumbnail), 'scope "mine": the visitor\'s photos, with thumbnails');
+  await page.selectOption('#top-k', '10');
+  await page.waitForFunction(() => document.querySelectorAll('#image-results li.result').length === 10);
+  await snap(page, '6-my-photos-search');
+  await page.selectOption('#top-k', '50');
+  await page.waitForFunction(() => document.querySelectorAll('#image-results li.result').length > 10);
   assertScoresMatch(hits, cliSearch(cliBundle, ['--text', '红色圆形'], 50), 'text → my photos');
   const markup = hits.find((h) => h.id === `album/${MARKUP_NAME}`);
   assert.ok(markup, 'a name with markup and a control character is searchable, shown as text');
@@ -264,6 +279,15 @@ test('a tab closed mid-indexing loses at most a batch: added again, the rest is 
   const folder = path.join(big, 'images');
   await page.setInputFiles('#photos-input', folder);
   await page.waitForFunction(() => Number(document.getElementById('photos-status').dataset.count) >= 8, null, { timeout: 60_000 });
+  await snap(page, '5-my-photos-indexing');
+  // Paused, nothing more is embedded; the tab is then closed while paused, mid-way.
+  await page.click('#photos-pause');
+  await page.waitForFunction(() => document.getElementById('photos-pause').textContent === '继续');
+  await page.waitForTimeout(300); // the photo in flight finishes and the batch is stored
+  const paused = Number((await status(page)).count);
+  await page.waitForTimeout(800);
+  assert.equal(Number((await status(page)).count), paused, 'nothing is indexed while paused');
+  assert.match(await page.textContent('#photos-progress-text'), /已暂停/);
   await page.close();
   page = await openPage(context, `${server.url}?threads=1`);
   const kept = Number((await status(page)).count);

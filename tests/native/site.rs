@@ -59,7 +59,7 @@ fn a_site_holds_every_file_its_manifest_names_and_a_rerun_reuses_them() {
         let bytes = std::fs::read(out.join(&asset.url)).unwrap();
         assert_eq!((bytes.len() as u64, sha256_hex(&bytes)), (asset.bytes, asset.sha256.clone()), "{}", asset.url);
     }
-    for page in ["index.html", "app.js", "worker.js", "sw.js", "style.css", "pkg/tuwen.js"] {
+    for page in ["index.html", "app.js", "worker.js", "sw.js", "style.css", "pkg/tuwen.js", "manifest.webmanifest", "icons/icon-512.png"] {
         assert!(out.join(page).is_file(), "{page} is part of the site");
     }
     let text = tuwen::weights::gguf::gguf_summary(&out.join(&m.towers.text.url)).unwrap();
@@ -269,4 +269,29 @@ fn serve_gives_the_types_browsers_need_and_stays_in_its_folder() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no index.html"));
+}
+
+/// Offline after the first visit (and installed): the service worker caches the page's shell at install,
+/// so every file of www/ must be in its list (a module missing there breaks the page offline).
+#[test]
+fn the_service_worker_caches_every_file_of_the_page() {
+    let www = Path::new(env!("CARGO_MANIFEST_DIR")).join("www");
+    let sw = std::fs::read_to_string(www.join("sw.js")).unwrap();
+    let shell = &sw[sw.find("const SHELL = [").unwrap()..];
+    let shell = &shell[..shell.find("];").unwrap()];
+    let mut files = Vec::new();
+    let mut dirs = vec![www.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path.strip_prefix(&www).unwrap().to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    for file in files.iter().filter(|f| f.as_str() != "sw.js") {
+        assert!(shell.contains(&format!("'{file}'")), "www/{file} is not in sw.js's SHELL: the page would break offline");
+    }
 }
