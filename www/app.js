@@ -269,6 +269,18 @@ function queryFromUrl({ keepK = false } = {}) {
 }
 
 // ---- wiring -------------------------------------------------------------------------------------------
+// About to query (typing, pointing at the image box, pasting): indexing starts no new photo for a moment, so
+// the query does not wait for one (at most one message a few hundred ms).
+let lastHold = 0;
+function hold() {
+  if (!state.ready || performance.now() - lastHold < 300) return;
+  lastHold = performance.now();
+  worker.postMessage({ id: 0, type: 'hold' });
+}
+for (const type of ['focus', 'keydown', 'input']) $('text-query').addEventListener(type, hold);
+for (const type of ['pointerdown', 'dragenter']) $('image-drop').addEventListener(type, hold);
+document.addEventListener('paste', hold, { capture: true });
+
 $('text-form').addEventListener('submit', (e) => {
   e.preventDefault();
   run({ text: $('text-query').value });

@@ -321,14 +321,21 @@ async function searchImages(query, k, scope) {
 // Queries take precedence over indexing: the indexer waits between photos while any is in flight.
 let queriesInFlight = 0;
 let queriesIdle = null;
-function queriesDone() {
-  if (queriesInFlight === 0) return Promise.resolve();
+// A photo being embedded cannot be interrupted (one wasm call), so a query sent meanwhile waits for it: while
+// the visitor is about to ask (typing in the query box, pointing at the image box: the page says so with
+// `hold`), no new photo is started.
+const HOLD_MS = 2000;
+let heldUntil = 0;
+
+async function queriesDone() {
+  while (now() < heldUntil && queriesInFlight === 0) await new Promise((r) => setTimeout(r, heldUntil - now()));
+  if (queriesInFlight === 0) return;
   if (!queriesIdle) {
     let resolve;
     queriesIdle = new Promise((r) => { resolve = r; });
     queriesIdle.resolve = resolve;
   }
-  return queriesIdle;
+  await queriesIdle;
 }
 function queryFinished() {
   queriesInFlight -= 1;
@@ -385,6 +392,9 @@ const handlers = {
   photosImport: ({ bytes, name }) => photos().importBundle(new Uint8Array(bytes), name),
   photosForget: () => photos().forget(),
   photosSummary: () => photos().summary(),
+  hold: () => {
+    heldUntil = now() + HOLD_MS;
+  },
 };
 
 self.onmessage = async ({ data }) => {
