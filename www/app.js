@@ -9,9 +9,15 @@ const MAX_IMAGE_BYTES = 20 * 1024 * 1024;
 const state = { manifest: null, imageIds: [], textIds: [], captions: [], ready: false };
 
 // ---- worker requests -------------------------------------------------------------------------------
-const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+let worker = null;
 const pending = new Map();
 let nextId = 1;
+
+function startWorker() {
+  worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  worker.onmessage = onWorkerMessage;
+  worker.onerror = (e) => showError(`后台线程出错：${e.message || '无法启动（浏览器可能不支持模块 Worker）'}`);
+}
 
 function ask(type, payload = {}, transfer = []) {
   const id = nextId++;
@@ -21,7 +27,11 @@ function ask(type, payload = {}, transfer = []) {
   });
 }
 
-worker.onmessage = ({ data }) => {
+function onWorkerMessage({ data }) {
+  if (data.type === 'stage') {
+    document.body.dataset.stage = data.stage; // where a start that hangs stopped (tests print it)
+    return;
+  }
   if (data.type === 'progress') return showProgress(data);
   if (data.type === 'photos') return photoProgress(data);
   if (data.type === 'notice') return showNotice(data.message);
@@ -30,8 +40,34 @@ worker.onmessage = ({ data }) => {
   pending.delete(data.id);
   if (data.type === 'error') request.reject(new Error(data.message));
   else request.resolve(data.result);
-};
-worker.onerror = (e) => showError(`后台线程出错：${e.message || '无法启动（浏览器可能不支持模块 Worker）'}`);
+}
+startWorker();
+
+// How long the worker may take to start (manifest, module, thread pool, the gallery's bundles) before the page
+// starts a new one, once: a fetch through the service worker now and then stalls in Chromium (see
+// THUMBNAIL_STALL_MS), and a module import that never settles would leave the page waiting for ever.
+const INIT_TIMEOUT_MS = 30_000;
+
+async function initWorker(options) {
+  for (let attempt = 1; ; attempt++) {
+    let timer;
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`后台线程启动超时（停在 ${document.body.dataset.stage || '开始'}）`)), INIT_TIMEOUT_MS);
+    });
+    try {
+      return await Promise.race([ask('init', options), timeout]);
+    } catch (e) {
+      if (attempt > 1 || !/超时/.test(e.message)) throw e;
+      console.warn(`${e.message}: starting the worker again`);
+      worker.terminate();
+      for (const request of pending.values()) request.reject(new Error('后台线程已重启'));
+      pending.clear();
+      startWorker();
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
 
 // ---- messages ------------------------------------------------------------------------------------
 function showError(message) {
@@ -426,7 +462,7 @@ async function main() {
     // ?backend=auto|cpu|gpu: where the encoders run (auto: WebGPU on a real GPU, else WASM SIMD);
     // ?simd=auto|relaxed|simd128: the wasm build's SIMD (auto: relaxed SIMD where a probe times its 8-bit dot
     // product faster); ?threads=N: at most N WASM threads (default: every core).
-    const init = await ask('init', {
+    const init = await initWorker({
       backend: params.get('backend') || 'auto',
       simd: params.get('simd') || 'auto',
       threads: params.get('threads') || 'auto',

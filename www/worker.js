@@ -199,13 +199,17 @@ async function loadBuild(build) {
 }
 
 async function start({ backend: choice, simd, threads }) {
+  const stage = (name) => post({ type: 'stage', stage: name });
+  stage('manifest');
   const response = await fetch('manifest.json', { cache: 'no-cache' }).catch((e) => {
     throw new UserError(`无法读取站点清单 manifest.json：${e.message}`);
   });
   if (!response.ok) throw new UserError(`无法读取站点清单 manifest.json：HTTP ${response.status}`);
   manifest = await response.json();
   if (manifest.version !== 1) throw new UserError(`不支持的站点清单版本 ${manifest.version}`);
+  stage('simd probe');
   let build = await chooseBuild(manifest, { simd, threads });
+  stage(`module (${build.threads} threads)`);
   if (build.threads === 1) wasm = await loadBuild(build);
   else {
     try {
@@ -219,12 +223,14 @@ async function start({ backend: choice, simd, threads }) {
       wasm = await loadBuild(build);
     }
   }
+  stage('backend');
   const level = wasm.simdLevel();
   // The relaxed build is loaded only after the probe (chooseBuild), which chose its form.
   if (level === 'relaxed-simd') wasm.setDotForm(build.simd.probe.form);
   cpuEngine = describeCpu(level, wasm.threadCount());
   cpuNote = [build.why, describeSimdChoice(build.simd, level)].filter(Boolean).join('；');
   backend = await detectBackend(choice || 'auto');
+  stage('bundles');
   if (manifest.images && manifest.texts) {
     const [images, texts] = await Promise.all([
       fetchAsset(manifest.images.bundle, '图片索引'),
@@ -235,6 +241,7 @@ async function start({ backend: choice, simd, threads }) {
   }
   library = new PhotoLibrary({ wasm, model: manifest.model, vision: () => encoder('vision'), post, idle: queriesDone });
   let photos;
+  stage('photos');
   try {
     photos = await library.open();
   } catch (e) {
