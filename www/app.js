@@ -366,6 +366,7 @@ function showBackend(backend) {
     $('model-card').before(reason);
   }
   reason.textContent = backend.reason;
+  reason.title = backend.reason;
 }
 
 // The engine's details (model card, why this backend) are open on wide screens, folded on phones.
@@ -451,7 +452,9 @@ async function main() {
   }
   let registration = null;
   if ('serviceWorker' in navigator) {
-    registration = await navigator.serviceWorker.register('sw.js').catch((e) => {
+    // A registration that never settles (its script's fetch stalled) must not hold the page: go on without.
+    const stalled = new Promise((_, reject) => setTimeout(() => reject(new Error('注册超时')), ISOLATION_WAIT_MS));
+    registration = await Promise.race([navigator.serviceWorker.register('sw.js'), stalled]).catch((e) => {
       showNotice(`离线模式不可用：${e.message}`);
       return null;
     });
