@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
             let out = model_dir.join(format!("tuwen-{dtype}-{tower}.gguf"));
             if !out.exists() {
                 let towers = if tower == "text" { Towers::Text } else { Towers::Vision };
-                tuwen::quantize::quantize_dir(&model_dir, dtype.parse()?, towers, &out)?;
+                tuwen::quantize::quantize_model(&model_dir, dtype.parse()?, towers, &out)?;
             }
         }
         let size: u64 = ["text", "vision"].iter().map(|t| std::fs::metadata(model_dir.join(format!("tuwen-{dtype}-{t}.gguf"))).unwrap().len()).sum();

@@ -258,12 +258,39 @@ impl ClipConfig {
     }
 }
 
+/// Whose input preparation a model was trained with: the two differ on a few inputs, and a model keeps its
+/// own everywhere (the GGUF records it, so the page prepares inputs as the CLI does).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recipe {
+    /// `transformers`' `ChineseCLIPProcessor`: RGB first (alpha over white), then the bicubic resize; the
+    /// tokenizer keeps `[CLS]`-like markers in a text as special tokens; words over 100 characters are `[UNK]`.
+    #[default]
+    Transformers,
+    /// The official `cn_clip` code (`image_transform`, `tokenize`): PIL resizes in the image's own mode before
+    /// converting to RGB (palette images by nearest neighbour, alpha premultiplied then dropped); a text's
+    /// `[CLS]` is plain text; words up to 200 characters.
+    CnClip,
+}
+
+impl Recipe {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Transformers => "transformers",
+            Self::CnClip => "cn_clip",
+        }
+    }
+}
+
 /// The image processor settings (`preprocessor_config.json`); absent → the released model's values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PreprocessConfig {
     pub image_size: usize,
     pub image_mean: [f32; 3],
     pub image_std: [f32; 3],
+    /// Absent in GGUFs written before it existed: those are all `transformers`.
+    #[serde(default)]
+    pub recipe: Recipe,
 }
 
 impl PreprocessConfig {
@@ -271,7 +298,7 @@ impl PreprocessConfig {
     pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
     pub fn for_vision(vision: &VisionConfig) -> Self {
-        Self { image_size: vision.image_size, image_mean: Self::CLIP_MEAN, image_std: Self::CLIP_STD }
+        Self { image_size: vision.image_size, image_mean: Self::CLIP_MEAN, image_std: Self::CLIP_STD, recipe: Recipe::Transformers }
     }
 
     /// Reads the HF `preprocessor_config.json`, insisting on the settings tuwen implements

@@ -133,20 +133,47 @@ impl Encoder {
 
     /// Loads a model from an HF directory or a tuwen GGUF file onto the GPU or CPU of `at`.
     pub fn load_on(path: &Path, towers: Towers, at: Placement) -> Result<Self> {
-        if path.is_file() {
-            let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            let mut magic = [0u8; 4];
-            use std::io::Read;
-            let _ = file.read(&mut magic);
-            if crate::weights::gguf::is_gguf(&magic) {
+        use crate::weights::ModelKind;
+        match crate::weights::model_kind(path)? {
+            ModelKind::HfDir => Self::from_dir_on(path, towers, at),
+            ModelKind::Gguf => {
                 let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
                 let mut encoder = Self::from_gguf_bytes_on(&bytes, towers, at).with_context(|| format!("{}", path.display()))?;
                 encoder.info.source = path.display().to_string();
-                return Ok(encoder);
+                Ok(encoder)
             }
-            bail!("{}: not a model (expected an HF model directory or a GGUF file from `tuwen quantize`)", path.display());
+            #[cfg(not(target_arch = "wasm32"))]
+            ModelKind::CnClip => Self::from_cn_clip_on(path, towers, at),
+            #[cfg(target_arch = "wasm32")]
+            ModelKind::CnClip => bail!("{}: cn_clip checkpoints load natively; the page takes a GGUF", path.display()),
         }
-        Self::from_dir_on(path, towers, at)
+    }
+
+    /// Loads the requested towers from a checkpoint of the official code (`clip_cn_*.pt`, `epoch_latest.pt`).
+    #[cfg(not(target_arch = "wasm32"))]
+    fn from_cn_clip_on(path: &Path, towers: Towers, at: Placement) -> Result<Self> {
+        let checkpoint = crate::weights::cn_clip::read(path, towers)?;
+        let tokenizer = if towers.text() {
+            Some(TextTokenizer::for_recipe(crate::weights::cn_clip::VOCAB_TXT, checkpoint.preprocess.recipe)?)
+        } else {
+            None
+        };
+        let info = ModelInfo {
+            source: path.display().to_string(),
+            random_weights: checkpoint.random_weights.clone(),
+            projection_dim: checkpoint.config.projection_dim,
+            dtype: "f32".into(),
+        };
+        let rest = Loaded {
+            tokenizer,
+            preprocess: checkpoint.preprocess.clone(),
+            info,
+            weights_file: Some(path.to_path_buf()),
+            fingerprint: Default::default(),
+        };
+        let vb = VarBuilder::from_tensors(checkpoint.tensors, candle_core::DType::F32, &Device::Cpu);
+        Self::new(Params::from_var_builder(vb), checkpoint.config, towers, at, rest)
+            .with_context(|| format!("loading the {} towers from {}", checkpoint.architecture, path.display()))
     }
 
     /// Loads the requested towers from tuwen GGUF bytes, on the CPU.
@@ -159,7 +186,7 @@ impl Encoder {
         let gguf = crate::weights::gguf::GgufModel::read(&mut std::io::Cursor::new(bytes), &device)?;
         gguf.check_towers(towers)?;
         let tokenizer = if towers.text() {
-            Some(TextTokenizer::from_vocab_txt(&gguf.vocab_txt).context("the vocabulary in the GGUF")?)
+            Some(TextTokenizer::for_recipe(&gguf.vocab_txt, gguf.preprocess.recipe).context("the vocabulary in the GGUF")?)
         } else {
             None
         };

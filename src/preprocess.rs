@@ -1,12 +1,13 @@
 //! Image → pixel tensor exactly as the released `ChineseCLIPImageProcessor` is configured:
 //! decode, convert to RGB, resize to `size×size` bicubic **without cropping**, rescale to [0, 1],
-//! normalise with the CLIP mean/std, channels first.
+//! normalise with the CLIP mean/std, channels first — or, for checkpoints of the official code, in
+//! `cn_clip`'s order (resize in the image's own mode, then RGB: [`Recipe::CnClip`]).
 //!
 //! Colour conversion follows HF `convert_to_rgb`: images with an alpha channel (RGBA, LA, palette with
 //! transparency) are composited over white; grayscale is replicated; CMYK and 16-bit are converted by the
 //! decoder. EXIF orientation is not applied, as in the reference processor.
 
-use crate::config::PreprocessConfig;
+use crate::config::{PreprocessConfig, Recipe};
 use anyhow::{anyhow, bail, Result};
 use image::imageops::FilterType;
 use image::{DynamicImage, RgbImage};
@@ -176,10 +177,134 @@ pub fn into_rgb(image: DynamicImage) -> RgbImage {
     rgb
 }
 
-/// Resizes (no crop) and normalises an RGB image into the model's input tensor.
+/// Resizes (no crop) and normalises an RGB image into the model's input tensor (the `transformers` recipe).
 pub fn normalize(rgb: &RgbImage, config: &PreprocessConfig) -> Pixels {
+    let size = config.image_size as u32;
+    to_tensor(&image::imageops::resize(rgb, size, size, FilterType::CatmullRom), config)
+}
+
+/// A decoded image → the model's input, as the model's recipe prepares it. `palette`: the file stored colour
+/// indices (PNG colour type 3, GIF), which the decoder has already expanded.
+pub fn prepare(image: DynamicImage, palette: bool, config: &PreprocessConfig) -> Pixels {
+    match config.recipe {
+        Recipe::Transformers => normalize(&into_rgb(image), config),
+        Recipe::CnClip => to_tensor(&resize_as_pil(image, palette, config.image_size as u32), config),
+    }
+}
+
+/// cn_clip's `Resize` then `convert('RGB')`, PIL's order and arithmetic: a palette image is resized by nearest
+/// neighbour; one with alpha is resized premultiplied (PIL's `RGBa`), then unpremultiplied and its alpha
+/// dropped (no white background); others are resized channel by channel.
+fn resize_as_pil(image: DynamicImage, palette: bool, size: u32) -> RgbImage {
+    if palette {
+        let rgb = image.into_rgb8();
+        let (w, h) = rgb.dimensions();
+        // PIL's NEAREST: the source pixel under the output pixel's centre.
+        let pick = |i: u32, from: u32| (((i as f64 + 0.5) * from as f64 / size as f64) as u32).min(from - 1);
+        return RgbImage::from_fn(size, size, |x, y| *rgb.get_pixel(pick(x, w), pick(y, h)));
+    }
+    if !image.color().has_alpha() {
+        let rgb = image.into_rgb8();
+        let (w, h) = rgb.dimensions();
+        let out = pil_bicubic(rgb.as_raw(), w as usize, h as usize, 3, size as usize);
+        return RgbImage::from_raw(size, size, out).expect("size × size × 3 bytes");
+    }
+    let mut rgba = image.into_rgba8();
+    for px in rgba.pixels_mut() {
+        let a = px[3] as u32;
+        for c in 0..3 {
+            // PIL's MULDIV255: (x·a + 128 + ((x·a + 128) >> 8)) >> 8.
+            let t = px[c] as u32 * a + 128;
+            px[c] = ((t + (t >> 8)) >> 8) as u8;
+        }
+    }
+    let (w, h) = rgba.dimensions();
+    let resized = pil_bicubic(rgba.as_raw(), w as usize, h as usize, 4, size as usize);
+    RgbImage::from_fn(size, size, |x, y| {
+        let px = &resized[(y * size + x) as usize * 4..][..4];
+        let a = px[3] as u32;
+        let channel = |c: usize| if a == 0 || a == 255 { px[c] } else { ((255 * px[c] as u32) / a).min(255) as u8 };
+        image::Rgb([channel(0), channel(1), channel(2)])
+    })
+}
+
+/// PIL's bicubic `resize` of 8-bit pixels (Resample.c): fixed-point weights with 22 fractional bits, the
+/// horizontal pass rounded to 8 bits before the vertical one. Matching it to the bit matters here: the
+/// unpremultiply after it divides by alpha, so a rounding difference of one level in a nearly transparent
+/// pixel would become dozens.
+fn pil_bicubic(src: &[u8], w: usize, h: usize, channels: usize, size: usize) -> Vec<u8> {
+    const PRECISION_BITS: u32 = 32 - 8 - 2;
+    fn bicubic(x: f64) -> f64 {
+        let (a, x) = (-0.5, x.abs());
+        if x < 1.0 {
+            ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+        } else if x < 2.0 {
+            (((x - 5.0) * x + 8.0) * x - 4.0) * a
+        } else {
+            0.0
+        }
+    }
+    /// Per output index: the first input index and the fixed-point weights.
+    fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i64>)> {
+        let scale = in_size as f64 / out_size as f64;
+        let filter_scale = scale.max(1.0);
+        let support = 2.0 * filter_scale;
+        (0..out_size)
+            .map(|xx| {
+                let center = (xx as f64 + 0.5) * scale;
+                let min = ((center - support + 0.5) as i64).max(0) as usize;
+                let max = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+                let weights: Vec<f64> =
+                    (min..max).map(|x| bicubic((x as f64 - center + 0.5) / filter_scale)).collect();
+                let total: f64 = weights.iter().sum();
+                let fixed = weights
+                    .iter()
+                    .map(|w| {
+                        let k = if total != 0.0 { w / total } else { *w } * (1u64 << PRECISION_BITS) as f64;
+                        (if k < 0.0 { k - 0.5 } else { k + 0.5 }) as i64
+                    })
+                    .collect();
+                (min, fixed)
+            })
+            .collect()
+    }
+    fn clip8(sum: i64) -> u8 {
+        (sum >> PRECISION_BITS).clamp(0, 255) as u8
+    }
+    let rounding = 1i64 << (PRECISION_BITS - 1);
+    // PIL skips a pass whose size does not change.
+    let horizontal = if w == size {
+        src.to_vec()
+    } else {
+        let cx = coefficients(w, size);
+        let mut out = vec![0u8; h * size * channels];
+        for y in 0..h {
+            for (x, (min, k)) in cx.iter().enumerate() {
+                for c in 0..channels {
+                    let sum = k.iter().enumerate().map(|(i, k)| src[(y * w + min + i) * channels + c] as i64 * k).sum::<i64>();
+                    out[(y * size + x) * channels + c] = clip8(sum + rounding);
+                }
+            }
+        }
+        out
+    };
+    if h == size {
+        return horizontal;
+    }
+    let cy = coefficients(h, size);
+    let mut out = vec![0u8; size * size * channels];
+    for (y, (min, k)) in cy.iter().enumerate() {
+        for x in 0..size * channels {
+            let sum = k.iter().enumerate().map(|(i, k)| horizontal[(min + i) * size * channels + x] as i64 * k).sum::<i64>();
+            out[y * size * channels + x] = clip8(sum + rounding);
+        }
+    }
+    out
+}
+
+/// A resized RGB image → `3 × size × size` floats, rescaled to [0, 1] and normalised, channels first.
+fn to_tensor(resized: &RgbImage, config: &PreprocessConfig) -> Pixels {
     let size = config.image_size;
-    let resized = image::imageops::resize(rgb, size as u32, size as u32, FilterType::CatmullRom);
     let plane = size * size;
     let mut data = vec![0f32; 3 * plane];
     for (i, px) in resized.pixels().enumerate() {
@@ -190,10 +315,20 @@ pub fn normalize(rgb: &RgbImage, config: &PreprocessConfig) -> Pixels {
     Pixels { size, data }
 }
 
+/// True when the file stores colour indices that PIL opens as mode `P`: a PNG of colour type 3, a GIF.
+pub fn is_palette(bytes: &[u8]) -> bool {
+    match image::guess_format(bytes) {
+        // The IHDR chunk comes first: 8-byte signature, length, "IHDR", width, height, depth, colour type.
+        Ok(image::ImageFormat::Png) => bytes.get(25) == Some(&3),
+        Ok(image::ImageFormat::Gif) => true,
+        _ => false,
+    }
+}
+
 /// Bytes of an image file → model input.
 pub fn preprocess(bytes: &[u8], name: &str, config: &PreprocessConfig) -> Result<Pixels> {
     let (image, _share) = decode_within_budget(bytes, name)?;
-    Ok(normalize(&into_rgb(image), config))
+    Ok(prepare(image, is_palette(bytes), config))
 }
 
 /// The longest side of a thumbnail, in pixels (2× a 128-px grid cell on high-density screens).
@@ -213,7 +348,7 @@ pub fn thumbnail_jpeg(image: &DynamicImage, name: &str) -> Result<Vec<u8>> {
 pub fn preprocess_with_thumbnail(bytes: &[u8], name: &str, config: &PreprocessConfig) -> Result<(Pixels, Vec<u8>)> {
     let (image, _share) = decode_within_budget(bytes, name)?;
     let thumbnail = thumbnail_jpeg(&image, name)?;
-    Ok((normalize(&into_rgb(image), config), thumbnail))
+    Ok((prepare(image, is_palette(bytes), config), thumbnail))
 }
 
 /// Pixels another decoder produced (the browser's, for formats this crate does not read: AVIF, HEIC), as

@@ -1,7 +1,7 @@
 //! Text → token ids: BERT WordPiece exactly as HF `BertTokenizer` does it for Chinese-CLIP
 //! (clean text, split CJK characters, lower-case and strip accents, `[CLS] … [SEP]`, at most 52 tokens).
 
-use crate::config::CONTEXT_LENGTH;
+use crate::config::{Recipe, CONTEXT_LENGTH};
 use anyhow::{anyhow, bail, Context, Result};
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::BertNormalizer;
@@ -20,6 +20,13 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     /// Builds the tokenizer from the text of a BERT `vocab.txt` (one token per line, id = line number).
     pub fn from_vocab_txt(vocab_txt: &str) -> Result<Self> {
+        Self::for_recipe(vocab_txt, Recipe::Transformers)
+    }
+
+    /// The tokenizer as `recipe`'s code builds it from `vocab.txt`: `transformers`' `BertTokenizer` keeps the
+    /// special tokens whole when a text contains them and makes a word of over 100 characters `[UNK]`;
+    /// `cn_clip`'s `FullTokenizer` tokenizes `[CLS]` in a text like any other text, and allows 200.
+    pub fn for_recipe(vocab_txt: &str, recipe: Recipe) -> Result<Self> {
         let mut vocab = ahash::AHashMap::new();
         for (id, line) in vocab_txt.lines().enumerate() {
             // HF `load_vocab` strips only the line break, so a token may legitimately contain spaces.
@@ -39,7 +46,10 @@ impl TextTokenizer {
             .vocab(vocab)
             .unk_token("[UNK]".into())
             .continuing_subword_prefix("##".into())
-            .max_input_chars_per_word(100)
+            .max_input_chars_per_word(match recipe {
+                Recipe::Transformers => 100,
+                Recipe::CnClip => 200,
+            })
             .build()
             .map_err(|e| anyhow!("building WordPiece: {e}"))?;
         let mut inner = tokenizers::Tokenizer::new(wordpiece);
@@ -49,9 +59,11 @@ impl TextTokenizer {
             .map_err(|e| anyhow!("setting the normalizer: {e}"))?;
         inner.with_pre_tokenizer(Some(BertPreTokenizer));
         inner.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
-        inner
-            .add_special_tokens(SPECIAL_TOKENS.map(|t| AddedToken::from(t, true)))
-            .map_err(|e| anyhow!("adding the special tokens: {e}"))?;
+        if recipe == Recipe::Transformers {
+            inner
+                .add_special_tokens(SPECIAL_TOKENS.map(|t| AddedToken::from(t, true)))
+                .map_err(|e| anyhow!("adding the special tokens: {e}"))?;
+        }
         Self::finish(inner, vocab_size)
     }
 

@@ -168,7 +168,7 @@ impl WasmEncoder {
     pub async fn index_rgba(&self, rgba: Vec<u8>, width: u32, height: u32, name: String) -> Result<IndexedPhoto, JsError> {
         let image = crate::preprocess::from_rgba(rgba, width, height, &name).map_err(js_error)?;
         let thumbnail = crate::preprocess::thumbnail_jpeg(&image, &name).map_err(js_error)?;
-        let pixels = crate::preprocess::normalize(&crate::preprocess::into_rgb(image), self.inner.preprocess_config());
+        let pixels = crate::preprocess::prepare(image, false, self.inner.preprocess_config());
         self.indexed(pixels, thumbnail).await
     }
 
@@ -189,7 +189,7 @@ impl WasmEncoder {
     #[wasm_bindgen(js_name = preprocessRgba)]
     pub fn preprocess_rgba(&self, rgba: Vec<u8>, width: u32, height: u32, name: &str) -> Result<Vec<f32>, JsError> {
         let image = crate::preprocess::from_rgba(rgba, width, height, name).map_err(js_error)?;
-        Ok(crate::preprocess::normalize(&crate::preprocess::into_rgb(image), self.inner.preprocess_config()).data)
+        Ok(crate::preprocess::prepare(image, false, self.inner.preprocess_config()).data)
     }
 
     /// `sha256:…` of the weights this model was made from: bundles made with another model are refused.

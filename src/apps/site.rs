@@ -9,6 +9,7 @@
 use crate::bundle::{Bundle, Storage};
 use crate::index::Items;
 use crate::weights::gguf::QuantDtype;
+use crate::weights::ModelKind;
 use crate::gallery::{ensure_bundle, files};
 use crate::util::write_atomic;
 use crate::{Encoder, Towers};
@@ -176,10 +177,10 @@ impl SiteJob {
         }
 
         // Hashing an HF checkpoint reads the whole weights file: once per run.
-        let fingerprint = if self.model.is_file() {
+        let fingerprint = if crate::weights::model_kind(&self.model)? == ModelKind::Gguf {
             crate::weights::gguf::gguf_summary(&self.model)?.fingerprint
         } else {
-            crate::weights::fingerprint_file(&crate::weights::hf::ModelDir::open(&self.model)?.weights)?
+            crate::weights::fingerprint_file(&crate::weights::weights_file(&self.model)?)?
         };
         let text_gguf = self.tower_gguf(Towers::Text, &fingerprint)?;
         let vision_gguf = self.tower_gguf(Towers::Vision, &fingerprint)?;
@@ -255,11 +256,11 @@ impl SiteJob {
         Ok((BuiltGallery { images, texts, images_path, texts_path }, skipped))
     }
 
-    /// `models/<tower>.gguf`: quantized from the HF directory, or cut from the given GGUF; reused when
+    /// `models/<tower>.gguf`: quantized from the HF directory or cn_clip checkpoint, or cut from the given GGUF; reused when
     /// it already holds this model (same fingerprint) in the wanted dtype.
     fn tower_gguf(&self, tower: Towers, wanted_fingerprint: &str) -> Result<PathBuf> {
         let out = self.out.join("models").join(format!("{}.gguf", tower.name()));
-        let from_gguf = self.model.is_file();
+        let from_gguf = crate::weights::model_kind(&self.model)? == ModelKind::Gguf;
         if out.is_file() {
             if let Ok(meta) = crate::weights::gguf::gguf_summary(&out) {
                 let dtype_ok = from_gguf || meta.dtype == self.dtype.name();
@@ -269,14 +270,13 @@ impl SiteJob {
                 }
             }
         }
-        if from_gguf {
-            let summary = crate::weights::gguf::gguf_summary(&self.model)?;
-            let dtype: QuantDtype = summary.dtype.parse()?;
-            crate::quantize::extract_file(&self.model, dtype, tower, &out)?;
+        let dtype: QuantDtype = if from_gguf {
+            crate::weights::gguf::gguf_summary(&self.model)?.dtype.parse()?
         } else {
             eprintln!("quantizing the {} tower to {}", tower.name(), self.dtype.name());
-            crate::quantize::quantize_dir(&self.model, self.dtype, tower, &out)?;
-        }
+            self.dtype
+        };
+        crate::quantize::quantize_model(&self.model, dtype, tower, &out)?;
         Ok(out)
     }
 

@@ -25,7 +25,7 @@ struct Cli {
 /// A model and a gallery of image_id,caption pairs.
 #[derive(clap::Args)]
 struct PairsArgs {
-    /// HF model directory, or a tuwen GGUF (`site`: holding both towers).
+    /// HF model directory, a cn_clip checkpoint (.pt), or a tuwen GGUF (`site`: holding both towers).
     #[arg(long)]
     model: PathBuf,
     /// CSV with columns image_id,caption (e.g. ImageWordData.csv).
@@ -40,7 +40,7 @@ struct PairsArgs {
 enum Command {
     /// Print one JSON line per input: {"kind","input","embedding"}, in the order given.
     Embed {
-        /// Model: a directory in the Hugging Face layout, or a GGUF from `tuwen quantize`.
+        /// Model: a directory in the Hugging Face layout, a cn_clip checkpoint (`clip_cn_*.pt`, `epoch_latest.pt`), or a GGUF from `tuwen quantize`.
         #[arg(long)]
         model: PathBuf,
         /// A text to embed (repeatable).
@@ -154,7 +154,7 @@ enum Command {
     },
     /// Write a single-file GGUF model (one tower or both) with quantized weights.
     Quantize {
-        /// HF model directory (or a tuwen GGUF to cut one tower out of, same dtype).
+        /// HF model directory or cn_clip checkpoint (.pt) (or a tuwen GGUF to cut one tower out of, same dtype).
         #[arg(long)]
         model: PathBuf,
         /// q8_0 (default), q4_0, q4k or f16 for the linear layers; norms and embeddings stay f32.
@@ -169,7 +169,7 @@ enum Command {
     /// Build the static search site for a gallery of image_id,caption pairs (what `./build.sh site` runs).
     /// Without --pairs: a site with no gallery of its own, where visitors search their own photos only.
     Site {
-        /// HF model directory, or a tuwen GGUF holding both towers.
+        /// HF model directory, a cn_clip checkpoint (.pt), or a tuwen GGUF holding both towers.
         #[arg(long)]
         model: PathBuf,
         /// The site's gallery: a CSV with columns image_id,caption (omit for a private photo search only).
@@ -418,11 +418,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         }
         Command::Quantize { model, dtype, tower, out } => {
             tuwen::util::refuse_overwriting(&out, &[&model])?;
-            let bytes = if model.is_file() {
-                tuwen::quantize::extract_file(&model, dtype, tower, &out)?
-            } else {
-                tuwen::quantize::quantize_dir(&model, dtype, tower, &out)?
-            };
+            let bytes = tuwen::quantize::quantize_model(&model, dtype, tower, &out)?;
             eprintln!("wrote {} ({} tower{}, {}, {:.1} MB)", out.display(), tower.name(), if tower == Towers::Both { "s" } else { "" },
                 dtype.name(), bytes as f64 / 1e6);
             Ok(())

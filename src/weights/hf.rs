@@ -38,6 +38,21 @@ impl ModelDir {
         }
         let config_path = root.join(CONFIG_FILE);
         if !config_path.is_file() {
+            let checkpoints: Vec<String> = std::fs::read_dir(root)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .filter(|n| n.ends_with(".pt") || n.ends_with(".pth"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !checkpoints.is_empty() {
+                bail!(
+                    "{}: not a model directory (no {CONFIG_FILE}), but it holds {}: give a cn_clip checkpoint itself to --model",
+                    root.display(),
+                    checkpoints.join(", ")
+                );
+            }
             bail!("{}: missing ({LAYOUT_HINT})", config_path.display());
         }
         let config = ClipConfig::from_file(&config_path)?;

@@ -125,7 +125,7 @@ fn bad_shapes_are_errors() {
 fn embeddings_do_not_depend_on_the_thread_count() {
     let dir = tempfile::tempdir().unwrap();
     let gguf = dir.path().join("tiny-q8_0.gguf");
-    tuwen::quantize::quantize_dir(&tiny_model(), "q8_0".parse().unwrap(), Towers::Both, &gguf).unwrap();
+    tuwen::quantize::quantize_model(&tiny_model(), "q8_0".parse().unwrap(), Towers::Both, &gguf).unwrap();
     let image = fixtures().join("images/rgb.png");
     for model in [gguf.as_path(), tiny_model().as_path()] {
         let embed = |threads: &str| {

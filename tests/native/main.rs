@@ -7,6 +7,7 @@ mod common;
 
 mod bad_input;
 mod cli;
+mod cn_clip;
 mod containment;
 mod cpu;
 mod deps;

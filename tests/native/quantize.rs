@@ -5,13 +5,13 @@ use crate::common;
 use common::*;
 use std::path::Path;
 use std::process::Command;
-use tuwen::quantize::quantize_dir;
+use tuwen::quantize::quantize_model;
 use tuwen::weights::gguf::QuantDtype;
 use tuwen::{Encoder, Towers};
 
 fn quantized(dir: &Path, dtype: &str, tower: Towers) -> std::path::PathBuf {
     let out = dir.join(format!("{dtype}-{}.gguf", tower.name()));
-    quantize_dir(&tiny_model(), dtype.parse().unwrap(), tower, &out).unwrap();
+    quantize_model(&tiny_model(), dtype.parse().unwrap(), tower, &out).unwrap();
     out
 }
 

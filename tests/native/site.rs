@@ -123,7 +123,7 @@ fn a_site_from_a_gguf_gets_towers_cut_from_it_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let (pairs, images, pkg) = setup(dir.path(), 6);
     let both = dir.path().join("both.gguf");
-    tuwen::quantize::quantize_dir(&tiny_model(), tuwen::weights::gguf::QuantDtype::Q8_0, Towers::Both, &both).unwrap();
+    tuwen::quantize::quantize_model(&tiny_model(), tuwen::weights::gguf::QuantDtype::Q8_0, Towers::Both, &both).unwrap();
     let out = dir.path().join("site");
     job(&both, &pairs, &images, &pkg, &out).run().unwrap();
     let m = manifest(&out);
