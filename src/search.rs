@@ -385,3 +385,145 @@ mod tests {
         assert_eq!(t.items.iter().map(|h| h.index).collect::<Vec<_>>(), vec![3, 0]);
     }
 }
+
+/// How several models' similarities become one ranking (the "vote" of several models).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fusion {
+    /// The weighted mean of each model's scores standardised per query (z-scores over the gallery): models
+    /// whose cosines live on different scales count alike.
+    #[default]
+    ZMean,
+    /// Reciprocal-rank fusion: Σ weight / (60 + rank), ranks from 1; only the order of each model's scores counts.
+    Rrf,
+}
+
+impl std::str::FromStr for Fusion {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "zmean" => Ok(Self::ZMean),
+            "rrf" => Ok(Self::Rrf),
+            other => bail!("unknown fusion {other:?} (expected zmean or rrf)"),
+        }
+    }
+}
+
+/// The constant of reciprocal-rank fusion (Cormack et al.).
+pub const RRF_K: f32 = 60.0;
+
+/// One model's part in a fused search: its gallery, its embeddings of the queries, its weight.
+pub struct Side<'a> {
+    pub rows: &'a Rows<'a>,
+    pub dim: usize,
+    pub queries: &'a [Vec<f32>],
+    pub weight: f32,
+}
+
+/// Queries fused per block: each side's full score rows for them are held at once.
+const FUSED_QUERY_BLOCK: usize = 64;
+
+/// Each side's scores of queries `q0..q0+len` against its whole gallery, fused into `[len × n]`.
+fn fused_block(sides: &[Side], n: usize, q0: usize, len: usize, fusion: Fusion) -> Result<Vec<f32>> {
+    let total: f32 = sides.iter().map(|s| s.weight).sum();
+    let mut fused = vec![0f32; len * n];
+    for side in sides {
+        let flat: Vec<f32> = side.queries[q0..q0 + len].iter().flatten().copied().collect();
+        let mut scores = vec![0f32; len * n];
+        for_each_block(side.rows, side.dim, &flat, |q, g, g_len, block| {
+            for (i, row) in block.chunks_exact(g_len).enumerate() {
+                scores[(q + i) * n + g..][..g_len].copy_from_slice(row);
+            }
+        })?;
+        for (row, out) in scores.chunks_exact(n).zip(fused.chunks_exact_mut(n)) {
+            let w = side.weight / total;
+            match fusion {
+                Fusion::ZMean => {
+                    let mean = row.iter().map(|&s| s as f64).sum::<f64>() / n as f64;
+                    let var = row.iter().map(|&s| (s as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+                    let std = var.sqrt();
+                    for (o, &s) in out.iter_mut().zip(row) {
+                        *o += w * if std > 0.0 { ((s as f64 - mean) / std) as f32 } else { 0.0 };
+                    }
+                }
+                Fusion::Rrf => {
+                    // Rank 1 is the best score; ties keep the lower index first, as `TopK` does.
+                    let mut order: Vec<usize> = (0..n).collect();
+                    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+                    for (rank, &j) in order.iter().enumerate() {
+                        out[j] += w / (RRF_K + (rank + 1) as f32);
+                    }
+                }
+            }
+        }
+    }
+    Ok(fused)
+}
+
+/// The `k` best gallery rows per query by the fused score of several models over the same gallery (row `i`
+/// of every side is the same item) and the same queries. `Rerank::DualSoftmax` applies to the fused z-scores
+/// (unit variance per query: temperature 1 instead of cosine's 100); with rank fusion it is refused (a sum of
+/// reciprocal ranks has no temperature).
+pub fn top_k_fused(sides: &[Side], k: usize, fusion: Fusion, rerank: Rerank) -> Result<Vec<Vec<Hit>>> {
+    let Some(first) = sides.first() else { bail!("fusion needs at least one model") };
+    let (n, m) = (row_count(first.rows, first.dim), first.queries.len());
+    for (i, side) in sides.iter().enumerate() {
+        if row_count(side.rows, side.dim) != n || side.queries.len() != m {
+            bail!(
+                "model {} has {} gallery rows and {} queries, model 1 {n} and {m}: fused models must rank the same items",
+                i + 1,
+                row_count(side.rows, side.dim),
+                side.queries.len()
+            );
+        }
+        if !(side.weight.is_finite() && side.weight > 0.0) {
+            bail!("model {}'s weight must be a positive number, got {}", i + 1, side.weight);
+        }
+        if let Some(bad) = side.queries.iter().position(|q| q.len() != side.dim) {
+            bail!("model {}: query {bad} has {} dimensions, its gallery {}", i + 1, side.queries[bad].len(), side.dim);
+        }
+        if let Some(bad) = side.queries.iter().position(|q| q.iter().any(|x| !x.is_finite())) {
+            bail!("model {}: query {bad}'s embedding holds a non-finite value (a damaged model?)", i + 1);
+        }
+    }
+    let temperature = match (rerank, fusion) {
+        (Rerank::None, _) => None,
+        (Rerank::DualSoftmax { .. }, Fusion::ZMean) => Some(1f32),
+        (Rerank::DualSoftmax { .. }, Fusion::Rrf) => {
+            bail!("--rerank dual-softmax needs scores on a scale (--fuse zmean), not reciprocal ranks (--fuse rrf)")
+        }
+    };
+    let blocks = (0..m).step_by(FUSED_QUERY_BLOCK).map(|q0| (q0, FUSED_QUERY_BLOCK.min(m - q0)));
+    // Dual softmax: per gallery item, log Σ_queries exp(τ·fused), from a first pass over the blocks.
+    let lse = match temperature {
+        None => None,
+        Some(t) => {
+            let (mut max, mut sum) = (vec![f32::NEG_INFINITY; n], vec![0f32; n]);
+            for (q0, len) in blocks.clone() {
+                for row in fused_block(sides, n, q0, len, fusion)?.chunks_exact(n) {
+                    for (c, s) in row.iter().enumerate() {
+                        let x = t * s;
+                        if x > max[c] {
+                            sum[c] = sum[c] * (max[c] - x).exp() + 1.0;
+                            max[c] = x;
+                        } else {
+                            sum[c] += (x - max[c]).exp();
+                        }
+                    }
+                }
+            }
+            Some((t, max.iter().zip(&sum).map(|(m, s)| m + s.ln()).collect::<Vec<f32>>()))
+        }
+    };
+    let mut out = Vec::with_capacity(m);
+    for (q0, len) in blocks {
+        for row in fused_block(sides, n, q0, len, fusion)?.chunks_exact(n) {
+            let mut top = TopK::new(k);
+            match &lse {
+                None => row.iter().enumerate().for_each(|(j, s)| top.push(j, *s)),
+                Some((t, lse)) => row.iter().enumerate().for_each(|(j, s)| top.push(j, s * (t * s - lse[j]).exp())),
+            }
+            out.push(top.items);
+        }
+    }
+    Ok(out)
+}

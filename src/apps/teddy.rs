@@ -261,6 +261,107 @@ pub fn eval(encoder: &Encoder, pairs: &Path, images: &Path, opts: &JobOptions) -
     Ok(EvalReport { text_to_image, image_to_text, mean_recall, n })
 }
 
+/// One model of a fused evaluation, with its weight.
+pub struct FusedModel<'a> {
+    pub name: String,
+    pub encoder: &'a Encoder,
+    pub weight: f32,
+}
+
+/// Recall of each model alone and of their fusion, over the same pairs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FusedEvalReport {
+    pub models: Vec<(String, EvalReport)>,
+    pub fusion: String,
+    pub fused: EvalReport,
+}
+
+impl std::fmt::Display for FusedEvalReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (name, report) in &self.models {
+            writeln!(f, "{name}\n{report}\n")?;
+        }
+        write!(f, "fused ({})\n{}", self.fusion, self.fused)
+    }
+}
+
+/// `eval` for several models and their fusion (`fusion`: its name, for the report). Each model embeds into a
+/// work folder of its own (keyed on its fingerprint); pairs are those every model could embed.
+pub fn eval_fused(
+    models: &[FusedModel],
+    pairs: &Path,
+    images: &Path,
+    opts: &JobOptions,
+    fusion: crate::search::Fusion,
+    fusion_name: &str,
+) -> Result<FusedEvalReport> {
+    let listed = files::read_pairs(pairs, images)?;
+    let ids: Vec<String> = listed.iter().map(|(id, _)| id.clone()).collect();
+    let (tids, captions): (Vec<String>, Vec<String>) = listed.into_iter().unzip();
+    let mut bundles = Vec::new();
+    for model in models {
+        let fingerprint = model.encoder.stamp()?.fingerprint;
+        let key: String = fingerprint.trim_start_matches("sha256:").chars().take(16).collect();
+        let own = JobOptions { work: opts.work.join(format!("model-{key}")), ..*opts };
+        let image = own.bundle(model.encoder, Items::images(images, ids.clone()), "eval-images.bundle")?;
+        let text = own.bundle(model.encoder, Items::Texts { ids: tids.clone(), captions: captions.clone() }, "eval-texts.bundle")?;
+        bundles.push((image, text));
+    }
+    // The pairs every model embedded, in the CSV's order.
+    let embedded: Vec<(std::collections::HashSet<&String>, std::collections::HashSet<&String>)> =
+        bundles.iter().map(|(i, t)| (i.ids.iter().collect(), t.ids.iter().collect())).collect();
+    let common: Vec<String> =
+        ids.iter().filter(|id| embedded.iter().all(|(i, t)| i.contains(id) && t.contains(id))).cloned().collect();
+    let n = common.len();
+    if n == 0 {
+        bail!("{}: no pair could be evaluated (no image could be read)", pairs.display());
+    }
+    let aligned: Vec<(Bundle, Bundle)> = bundles
+        .iter()
+        .map(|(i, t)| Ok((i.select(&common, "the image bundle")?, t.select(&common, "the text bundle")?)))
+        .collect::<Result<_>>()?;
+    let k = 10.min(n);
+    let truth: Vec<usize> = (0..n).collect();
+    let report = |t2i: Vec<Vec<crate::search::Hit>>, i2t: Vec<Vec<crate::search::Hit>>| {
+        let ranked = |hits: Vec<Vec<crate::search::Hit>>| hits.into_iter().map(|h| h.iter().map(|x| x.index).collect()).collect::<Vec<Vec<usize>>>();
+        let (t2i, i2t) = (ranked(t2i), ranked(i2t));
+        let recalls = |r: &[Vec<usize>]| Recalls { r1: recall_at(r, &truth, 1), r5: recall_at(r, &truth, 5), r10: recall_at(r, &truth, 10) };
+        let (text_to_image, image_to_text) = (recalls(&t2i), recalls(&i2t));
+        let mean_recall = [&text_to_image, &image_to_text].iter().map(|r| r.r1 + r.r5 + r.r10).sum::<f64>() / 6.0;
+        EvalReport { text_to_image, image_to_text, mean_recall, n }
+    };
+    let mut each = Vec::new();
+    let queries: Vec<(Vec<Vec<f32>>, Vec<Vec<f32>>)> = aligned.iter().map(|(i, t)| (rows(t), rows(i))).collect();
+    for (model, ((image, text), (text_q, image_q))) in models.iter().zip(aligned.iter().zip(&queries)) {
+        let t2i = top_k_many(&image.rows(), image.dim(), text_q, k, opts.rerank)?;
+        let i2t = top_k_many(&text.rows(), text.dim(), image_q, k, opts.rerank)?;
+        each.push((model.name.clone(), report(t2i, i2t)));
+    }
+    let image_rows: Vec<_> = aligned.iter().map(|(i, _)| i.rows()).collect();
+    let text_rows: Vec<_> = aligned.iter().map(|(_, t)| t.rows()).collect();
+    let dims = |pick: fn(&(Bundle, Bundle)) -> &Bundle| aligned.iter().map(|p| pick(p).dim()).collect::<Vec<_>>();
+    let t2i_sides = sides(&image_rows, &dims(|p| &p.0), queries.iter().map(|q| q.0.as_slice()).collect(), models);
+    let i2t_sides = sides(&text_rows, &dims(|p| &p.1), queries.iter().map(|q| q.1.as_slice()).collect(), models);
+    let t2i = crate::search::top_k_fused(&t2i_sides, k, fusion, opts.rerank)?;
+    let i2t = crate::search::top_k_fused(&i2t_sides, k, fusion, opts.rerank)?;
+    Ok(FusedEvalReport { models: each, fusion: fusion_name.to_string(), fused: report(t2i, i2t) })
+}
+
+/// Each model's gallery, width, queries and weight, for `top_k_fused`.
+fn sides<'a>(
+    rows: &'a [crate::bundle::Rows<'a>],
+    dims: &[usize],
+    queries: Vec<&'a [Vec<f32>]>,
+    models: &[FusedModel],
+) -> Vec<crate::search::Side<'a>> {
+    rows.iter()
+        .zip(dims)
+        .zip(queries)
+        .zip(models)
+        .map(|(((rows, &dim), queries), m)| crate::search::Side { rows, dim, queries, weight: m.weight })
+        .collect()
+}
+
 fn rows_of(bundle: &Bundle, indices: impl Iterator<Item = usize>) -> Vec<Vec<f32>> {
     indices.map(|i| bundle.row(i)).collect()
 }

@@ -22,20 +22,6 @@ struct Cli {
     command: Command,
 }
 
-/// A model and a gallery of image_id,caption pairs.
-#[derive(clap::Args)]
-struct PairsArgs {
-    /// HF model directory, a cn_clip checkpoint (.pt), or a tuwen GGUF (`site`: holding both towers).
-    #[arg(long)]
-    model: PathBuf,
-    /// CSV with columns image_id,caption (e.g. ImageWordData.csv).
-    #[arg(long)]
-    pairs: PathBuf,
-    /// Folder of the images named by image_id.
-    #[arg(long)]
-    images: PathBuf,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Print one JSON line per input: {"kind","input","embedding"}, in the order given.
@@ -144,8 +130,23 @@ enum Command {
     },
     /// Recall@1/5/10 both ways over image_id,caption pairs (e.g. ImageWordData.csv).
     Eval {
-        #[command(flatten)]
-        gallery: PairsArgs,
+        /// HF model directory, a cn_clip checkpoint (.pt), or a tuwen GGUF. Given more than once: each model
+        /// alone and their fusion (--fuse) are reported.
+        #[arg(long, required = true)]
+        model: Vec<PathBuf>,
+        /// CSV with columns image_id,caption (e.g. ImageWordData.csv).
+        #[arg(long)]
+        pairs: PathBuf,
+        /// Folder of the images named by image_id.
+        #[arg(long)]
+        images: PathBuf,
+        /// How several models' similarities are fused: zmean (weighted mean of per-query z-scores) or rrf
+        /// (reciprocal-rank fusion).
+        #[arg(long, default_value = "zmean")]
+        fuse: String,
+        /// Each --model's weight in the fusion, in the same order (default: all 1).
+        #[arg(long)]
+        weight: Vec<f32>,
         /// Also write {"text_to_image":{…},"image_to_text":{…},"mean_recall":…,"n":…} here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -401,16 +402,35 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             eprintln!("wrote {} ({n} images × {} texts each)", out.display(), tuwen::apps::teddy::RESULTS_PER_QUERY);
             Ok(())
         }
-        Command::Eval { gallery: PairsArgs { model, pairs, images }, json, job } => {
-            let encoder = load(&model, Towers::Both)?;
+        Command::Eval { model, pairs, images, fuse, weight, json, job } => {
+            let fusion: tuwen::search::Fusion = fuse.parse()?;
+            if !weight.is_empty() && weight.len() != model.len() {
+                anyhow::bail!("{} --weight for {} --model: give one weight per model, or none", weight.len(), model.len());
+            }
+            let encoders = model.iter().map(|m| load(m, Towers::Both)).collect::<Result<Vec<_>>>()?;
             // Intermediate bundles beside the JSON report when there is one; their reuse is keyed on the
             // files, model and preprocessing, so another folder or changed images are embedded afresh.
             let opts = job.options(&json.clone().unwrap_or_else(|| PathBuf::from("tuwen-eval")));
             if let Some(path) = &json {
                 tuwen::util::refuse_overwriting(path, &[&pairs])?;
             }
-            let report = tuwen::apps::teddy::eval(&encoder, &pairs, &images, &opts)?;
-            println!("{report}");
+            let report = if encoders.len() == 1 {
+                serde_json::to_value(tuwen::apps::teddy::eval(&encoders[0], &pairs, &images, &opts).inspect(|r| println!("{r}"))?)?
+            } else {
+                let models: Vec<tuwen::apps::teddy::FusedModel> = encoders
+                    .iter()
+                    .zip(&model)
+                    .enumerate()
+                    .map(|(i, (encoder, path))| tuwen::apps::teddy::FusedModel {
+                        name: path.display().to_string(),
+                        encoder,
+                        weight: weight.get(i).copied().unwrap_or(1.0),
+                    })
+                    .collect();
+                let report = tuwen::apps::teddy::eval_fused(&models, &pairs, &images, &opts, fusion, &fuse)?;
+                println!("{report}");
+                serde_json::to_value(report)?
+            };
             if let Some(path) = json {
                 tuwen::util::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
             }

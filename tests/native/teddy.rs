@@ -78,13 +78,19 @@ fn task1_and_task2_write_the_templates_with_the_right_rankings() {
     assert_eq!(std::fs::read(&out1).unwrap(), std::fs::read(&again).unwrap());
 }
 
-#[test]
-fn eval_recalls_match_an_independent_computation() {
-    let d = competition();
+/// pairs.csv over the competition images: caption i is CAPTIONS[i % len] + " i".
+fn numbered_pairs(d: &Data) -> PathBuf {
     let pairs = d.root.join("pairs.csv");
     let rows: Vec<String> = d.image_ids.iter().zip(CAPTIONS.iter().cycle()).enumerate()
         .map(|(i, (id, c))| format!("{id},\"{c} {i}\"")).collect();
     std::fs::write(&pairs, format!("image_id,caption\n{}\n", rows.join("\n"))).unwrap();
+    pairs
+}
+
+#[test]
+fn eval_recalls_match_an_independent_computation() {
+    let d = competition();
+    let pairs = numbered_pairs(&d);
     let json = d.root.join("eval.json");
     let model = tiny_model();
     let out = ok(tuwen(&["eval", "--model", s(&model), "--pairs", s(&pairs), "--images", s(&d.images), "--json", s(&json),
@@ -265,4 +271,109 @@ fn the_real_sample_indexes_and_evaluates() {
         let (r1, r5, r10) = (report[key]["R@1"].as_f64().unwrap(), report[key]["R@5"].as_f64().unwrap(), report[key]["R@10"].as_f64().unwrap());
         assert!((0.0..=1.0).contains(&r1) && r1 <= r5 && r5 <= r10);
     }
+}
+
+/// z-scores of one query's scores over the gallery (population standard deviation).
+fn zscores(scores: &[f32]) -> Vec<f64> {
+    let n = scores.len() as f64;
+    let mean = scores.iter().map(|&s| s as f64).sum::<f64>() / n;
+    let std = (scores.iter().map(|&s| (s as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+    scores.iter().map(|&s| (s as f64 - mean) / std).collect()
+}
+
+/// 1-based ranks, best first, ties to the lower index.
+fn ranks(scores: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut rank = vec![0; scores.len()];
+    for (r, &j) in order.iter().enumerate() {
+        rank[j] = r + 1;
+    }
+    rank
+}
+
+#[test]
+fn fused_rankings_match_an_independent_computation() {
+    use tuwen::search::{to_f16, top_k_fused, Fusion, Side, Rerank};
+    // Two models of different widths over the same 300 items, 70 queries (more than one block of them).
+    let unit = |seed: u64, dim: usize| {
+        let v = common::ops::values(seed, dim);
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        f16_round(&v.iter().map(|x| x / n).collect::<Vec<f32>>())
+    };
+    let (n, m, k) = (300, 70, 7);
+    let models: Vec<(usize, f32)> = vec![(16, 1.0), (24, 2.5)];
+    let galleries: Vec<Vec<Vec<f32>>> = models.iter().enumerate().map(|(s, (d, _))| (0..n).map(|i| unit(1000 * s as u64 + i as u64, *d)).collect()).collect();
+    let queries: Vec<Vec<Vec<f32>>> = models.iter().enumerate().map(|(s, (d, _))| (0..m).map(|i| unit(9_000_000 + 1000 * s as u64 + i as u64, *d)).collect()).collect();
+    let stored: Vec<Vec<f16>> = galleries.iter().map(|g| to_f16(&g.iter().flatten().copied().collect::<Vec<f32>>())).collect();
+    let rows: Vec<tuwen::bundle::Rows> = stored.iter().map(|s| tuwen::bundle::Rows::F16(s)).collect();
+    let sides = |weights: &[f32]| -> Vec<Side> {
+        rows.iter().zip(&queries).zip(&models).zip(weights).map(|(((r, q), (d, _)), w)| Side { rows: r, dim: *d, queries: q, weight: *w }).collect()
+    };
+    let weights: Vec<f32> = models.iter().map(|(_, w)| *w).collect();
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    for fusion in [Fusion::ZMean, Fusion::Rrf] {
+        let got = top_k_fused(&sides(&weights), k, fusion, Rerank::None).unwrap();
+        assert_eq!(got.len(), m);
+        for q in 0..m {
+            let mut fused = vec![0f64; n];
+            for (s, w) in weights.iter().enumerate() {
+                let scores: Vec<f32> = galleries[s].iter().map(|g| dot(&queries[s][q], g)).collect();
+                let part: Vec<f64> = match fusion {
+                    Fusion::ZMean => zscores(&scores),
+                    Fusion::Rrf => ranks(&scores).iter().map(|&r| 1.0 / (60.0 + r as f64)).collect(),
+                };
+                let total: f32 = weights.iter().sum();
+                for (f, p) in fused.iter_mut().zip(part) {
+                    *f += (*w / total) as f64 * p;
+                }
+            }
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| fused[b].total_cmp(&fused[a]).then(a.cmp(&b)));
+            let ours: Vec<usize> = got[q].iter().map(|h| h.index).collect();
+            for (r, (a, b)) in ours.iter().zip(&order[..k]).enumerate() {
+                // Summation order may swap two items whose fused scores agree to float rounding, never more.
+                assert!(a == b || (fused[*a] - fused[*b]).abs() < 1e-5, "{fusion:?} query {q} rank {r}: {ours:?} vs {:?}", &order[..k]);
+            }
+        }
+    }
+    // One model: the fused ranking is that model's own.
+    let single = top_k_fused(&sides(&weights)[..1], k, Fusion::ZMean, Rerank::None).unwrap();
+    let plain = tuwen::search::top_k_many(&rows[0], 16, &queries[0], k, Rerank::None).unwrap();
+    for (a, b) in single.iter().zip(&plain) {
+        assert_eq!(a.iter().map(|h| h.index).collect::<Vec<_>>(), b.iter().map(|h| h.index).collect::<Vec<_>>());
+    }
+    // Refused: rank fusion with dual softmax, a zero weight, galleries of different items.
+    let dual = Rerank::DualSoftmax { temperature: 100.0 };
+    assert!(top_k_fused(&sides(&weights), k, Fusion::Rrf, dual).unwrap_err().to_string().contains("zmean"));
+    assert!(top_k_fused(&sides(&[1.0, 0.0]), k, Fusion::ZMean, Rerank::None).unwrap_err().to_string().contains("weight"));
+    let short = tuwen::bundle::Rows::F16(&stored[1][..24 * 200]);
+    let mut uneven = sides(&weights);
+    uneven[1].rows = &short;
+    assert!(top_k_fused(&uneven, k, Fusion::ZMean, Rerank::None).unwrap_err().to_string().contains("same items"));
+    assert_eq!(top_k_fused(&sides(&weights), k, Fusion::ZMean, dual).unwrap().len(), m);
+}
+
+#[test]
+fn eval_fuses_models_of_different_widths() {
+    let d = competition();
+    let pairs = numbered_pairs(&d);
+    let cn_clip = fixtures().join("cn_clip/vit-fp16.pt");
+    let json = d.root.join("fused.json");
+    let out = ok(tuwen(&["eval", "--model", s(&tiny_model()), "--model", s(&cn_clip), "--weight", "1", "--weight", "2",
+        "--fuse", "rrf", "--pairs", s(&pairs), "--images", s(&d.images), "--json", s(&json), "--work", s(&d.root.join("work"))]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fused (rrf)") && text.contains("vit-fp16.pt"), "{text}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["models"].as_array().unwrap().len(), 2);
+    assert_eq!(report["fused"]["n"].as_u64().unwrap() as usize, d.image_ids.len());
+    // Each model alone reports what a one-model eval reports.
+    let alone = d.root.join("alone.json");
+    ok(tuwen(&["eval", "--model", s(&cn_clip), "--pairs", s(&pairs), "--images", s(&d.images), "--json", s(&alone),
+        "--work", s(&d.root.join("work-alone"))]));
+    let alone: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&alone).unwrap()).unwrap();
+    assert_eq!(report["models"][1][1], alone);
+    let e = err(tuwen(&["eval", "--model", s(&tiny_model()), "--model", s(&cn_clip), "--weight", "1", "--pairs", s(&pairs),
+        "--images", s(&d.images)]));
+    assert!(e.contains("one weight per model"), "{e}");
 }
