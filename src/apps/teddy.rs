@@ -245,20 +245,22 @@ pub fn eval(encoder: &Encoder, pairs: &Path, images: &Path, opts: &JobOptions) -
     let image_rows = rows_of(&image_bundle, matched.iter().map(|p| p.1));
     let t2i = top_k_many(&image_bundle.rows(), image_bundle.dim(), &text_rows, k, opts.rerank)?;
     let i2t = top_k_many(&text_bundle.rows(), text_bundle.dim(), &image_rows, k, opts.rerank)?;
-    let ranked = |hits: Vec<Vec<crate::search::Hit>>| hits.into_iter().map(|h| h.iter().map(|x| x.index).collect()).collect::<Vec<Vec<usize>>>();
-    let (t2i, i2t) = (ranked(t2i), ranked(i2t));
     let truth_images: Vec<usize> = matched.iter().map(|p| p.1).collect();
     let truth_texts: Vec<usize> = matched.iter().map(|p| p.0).collect();
-    let recalls = |ranked: &[Vec<usize>], truth: &[usize]| Recalls {
-        r1: recall_at(ranked, truth, 1),
-        r5: recall_at(ranked, truth, 5),
-        r10: recall_at(ranked, truth, 10),
-    };
-    let text_to_image = recalls(&t2i, &truth_images);
-    let image_to_text = recalls(&i2t, &truth_texts);
-    let all = [&text_to_image, &image_to_text];
-    let mean_recall = all.iter().map(|r| r.r1 + r.r5 + r.r10).sum::<f64>() / 6.0;
-    Ok(EvalReport { text_to_image, image_to_text, mean_recall, n })
+    Ok(EvalReport::from_hits(&t2i, &truth_images, &i2t, &truth_texts))
+}
+
+impl EvalReport {
+    /// Recall@1/5/10 both ways from the ranked hits of each query and the index of its true match.
+    fn from_hits(t2i: &[Vec<crate::search::Hit>], truth_images: &[usize], i2t: &[Vec<crate::search::Hit>], truth_texts: &[usize]) -> Self {
+        let recalls = |hits: &[Vec<crate::search::Hit>], truth: &[usize]| {
+            let ranked: Vec<Vec<usize>> = hits.iter().map(|h| h.iter().map(|x| x.index).collect()).collect();
+            Recalls { r1: recall_at(&ranked, truth, 1), r5: recall_at(&ranked, truth, 5), r10: recall_at(&ranked, truth, 10) }
+        };
+        let (text_to_image, image_to_text) = (recalls(t2i, truth_images), recalls(i2t, truth_texts));
+        let mean_recall = [&text_to_image, &image_to_text].iter().map(|r| r.r1 + r.r5 + r.r10).sum::<f64>() / 6.0;
+        Self { text_to_image, image_to_text, mean_recall, n: truth_images.len() }
+    }
 }
 
 /// One model of a fused evaluation, with its weight.
@@ -322,14 +324,7 @@ pub fn eval_fused(
         .collect::<Result<_>>()?;
     let k = 10.min(n);
     let truth: Vec<usize> = (0..n).collect();
-    let report = |t2i: Vec<Vec<crate::search::Hit>>, i2t: Vec<Vec<crate::search::Hit>>| {
-        let ranked = |hits: Vec<Vec<crate::search::Hit>>| hits.into_iter().map(|h| h.iter().map(|x| x.index).collect()).collect::<Vec<Vec<usize>>>();
-        let (t2i, i2t) = (ranked(t2i), ranked(i2t));
-        let recalls = |r: &[Vec<usize>]| Recalls { r1: recall_at(r, &truth, 1), r5: recall_at(r, &truth, 5), r10: recall_at(r, &truth, 10) };
-        let (text_to_image, image_to_text) = (recalls(&t2i), recalls(&i2t));
-        let mean_recall = [&text_to_image, &image_to_text].iter().map(|r| r.r1 + r.r5 + r.r10).sum::<f64>() / 6.0;
-        EvalReport { text_to_image, image_to_text, mean_recall, n }
-    };
+    let report = |t2i: Vec<Vec<crate::search::Hit>>, i2t: Vec<Vec<crate::search::Hit>>| EvalReport::from_hits(&t2i, &truth, &i2t, &truth);
     let mut each = Vec::new();
     let queries: Vec<(Vec<Vec<f32>>, Vec<Vec<f32>>)> = aligned.iter().map(|(i, t)| (rows(t), rows(i))).collect();
     for (model, ((image, text), (text_q, image_q))) in models.iter().zip(aligned.iter().zip(&queries)) {
