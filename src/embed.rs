@@ -126,12 +126,12 @@ impl Encoder {
             .with_context(|| format!("loading weights from {}", model_dir.weights.display()))
     }
 
-    /// Loads a model from an HF directory or a tuwen GGUF file (`tuwen quantize`), on the CPU.
+    /// Loads a model from an HF directory, a cn_clip checkpoint or a tuwen GGUF file (`tuwen quantize`), on the CPU.
     pub fn load(path: &Path, towers: Towers) -> Result<Self> {
         Self::load_on(path, towers, Placement::cpu())
     }
 
-    /// Loads a model from an HF directory or a tuwen GGUF file onto the GPU or CPU of `at`.
+    /// Loads a model from an HF directory, a cn_clip checkpoint or a tuwen GGUF file onto the GPU or CPU of `at`.
     pub fn load_on(path: &Path, towers: Towers, at: Placement) -> Result<Self> {
         use crate::weights::ModelKind;
         match crate::weights::model_kind(path)? {

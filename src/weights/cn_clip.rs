@@ -37,11 +37,6 @@ const ALLOWED_GLOBALS: &[(&str, &str)] = &[
     ("torch", "BoolStorage"),
 ];
 
-/// True when the file starts like a zip archive (what `torch.save` writes).
-pub fn is_torch_zip(head: &[u8]) -> bool {
-    head.starts_with(b"PK\x03\x04")
-}
-
 /// A cn_clip checkpoint, read and renamed to the HF layout.
 pub struct Checkpoint {
     pub path: PathBuf,

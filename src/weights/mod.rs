@@ -36,6 +36,7 @@ pub fn model_kind(path: &Path) -> Result<ModelKind> {
     if gguf::is_gguf(&head[..n]) {
         Ok(ModelKind::Gguf)
     } else if head[..n].starts_with(b"PK\x03\x04") {
+        // A zip archive: what `torch.save` writes.
         Ok(ModelKind::CnClip)
     } else {
         bail!(
